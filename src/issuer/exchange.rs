@@ -1,0 +1,173 @@
+//! `POST /token`: RFC 8693 token exchange of a session token for a cluster
+//! token.
+//!
+//! The request names the cluster in `audience` and the role in `scope`; the
+//! caller must be among that role's subjects. Every rejection is an RFC 6749
+//! section 5.2 error with a description that says what to change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{IssuerState, MAX_BODY_BYTES, OAuthError};
+use crate::api::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, TokenResponse};
+use crate::registry::Caller;
+use crate::token::{ClusterGrant, ClusterSubject};
+
+/// The parameters of a token exchange request, each present at most once.
+struct ExchangeRequest {
+    subject_token: String,
+    cluster: String,
+    role: String,
+}
+
+pub async fn token(
+    State(state): State<Arc<IssuerState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match exchange(&state, &headers, body) {
+        Ok(response) => response,
+        Err(error) => {
+            state.metrics.record_failure(error.code, error.reason);
+            tracing::info!(error = error.code, reason = error.reason, description = %error.description, "Token exchange rejected");
+            error.into_response()
+        }
+    }
+}
+
+fn exchange(
+    state: &IssuerState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
+    check_content_type(headers)?;
+    let body = body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(_) => OAuthError::too_large(MAX_BODY_BYTES),
+        other => OAuthError::invalid_request("body", format!("cannot read the request body: {other}")),
+    })?;
+    let request = parse_form(&body)?;
+
+    let session = state.tokens.verify_session(&request.subject_token).map_err(|e| OAuthError::invalid_grant(&e))?;
+    let caller = Caller::Person { email: session.email.clone(), groups: session.groups.clone() };
+    let (cluster, role) = state.registry.authorize(&request.cluster, &request.role, &caller)?;
+
+    let subject = ClusterSubject {
+        subject: session.sub.clone(),
+        username: session.email.to_lowercase(),
+        name: session.name.clone(),
+        email: Some(session.email.to_lowercase()),
+    };
+    let grant = ClusterGrant {
+        cluster_name: cluster.name.clone(),
+        cluster_id: cluster.id.clone(),
+        role: role.name.clone(),
+        lifetime: role.lifetime,
+    };
+    let minted = state.tokens.mint_cluster(&subject, &grant, SystemTime::now()).map_err(|err| {
+        tracing::error!(error = &err as &dyn std::error::Error, "Failed to sign cluster token");
+        OAuthError::server_error("failed to sign the token; see the issuer's log")
+    })?;
+
+    state
+        .metrics
+        .tokens_issued
+        .get_or_create(&crate::metrics::IssuedLabels { cluster: cluster.name.clone(), role: role.name.clone() })
+        .inc();
+    tracing::info!(
+        cluster = %cluster.name,
+        role = %role.name,
+        subject = %subject.subject,
+        username = %subject.username,
+        jti = %minted.jti,
+        kid = %minted.kid,
+        expires_in = minted.lifetime.as_secs(),
+        "Cluster token issued"
+    );
+
+    let body = TokenResponse {
+        access_token: minted.token,
+        issued_token_type: TOKEN_TYPE_JWT.to_string(),
+        token_type: "Bearer".to_string(),
+        expires_in: minted.lifetime.as_secs(),
+    };
+    let mut response = Json(body).into_response();
+    // RFC 6749 section 5.1: responses carrying tokens must not be cached.
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), OAuthError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Ok(());
+    }
+    Err(OAuthError::invalid_request(
+        "content_type",
+        format!("Content-Type {content_type:?} is not accepted: send application/x-www-form-urlencoded"),
+    ))
+}
+
+fn parse_form(body: &[u8]) -> Result<ExchangeRequest, OAuthError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+        .map_err(|err| OAuthError::invalid_request("form", format!("the body is not a valid form ({err})")))?;
+
+    let mut params: HashMap<String, String> = HashMap::new();
+    for (name, value) in pairs {
+        // RFC 6749 section 3.2: request parameters must not repeat.
+        if params.insert(name.clone(), value).is_some() {
+            return Err(OAuthError::invalid_request("duplicate", format!("parameter {name} is repeated")));
+        }
+    }
+    let mut take = |name: &str| params.remove(name).filter(|v| !v.is_empty());
+
+    let grant_type = take("grant_type").ok_or_else(|| missing("grant_type", GRANT_TYPE_TOKEN_EXCHANGE))?;
+    if grant_type != GRANT_TYPE_TOKEN_EXCHANGE {
+        return Err(OAuthError::unsupported_grant_type(&grant_type));
+    }
+
+    let subject_token = take("subject_token").ok_or_else(|| missing("subject_token", "your session token"))?;
+    let subject_token_type = take("subject_token_type").ok_or_else(|| missing("subject_token_type", TOKEN_TYPE_JWT))?;
+    if subject_token_type != TOKEN_TYPE_JWT {
+        return Err(OAuthError::invalid_request(
+            "subject_token_type",
+            format!("subject_token_type {subject_token_type:?} is not supported: use {TOKEN_TYPE_JWT}"),
+        ));
+    }
+    if let Some(requested) = take("requested_token_type")
+        && requested != TOKEN_TYPE_JWT
+        && requested != TOKEN_TYPE_ACCESS_TOKEN
+    {
+        return Err(OAuthError::invalid_request(
+            "requested_token_type",
+            format!("requested_token_type {requested:?} is not supported: omit it or use {TOKEN_TYPE_JWT}"),
+        ));
+    }
+
+    let cluster = take("audience").ok_or_else(|| missing("audience", "the cluster name"))?;
+    let scope = take("scope").ok_or_else(|| missing("scope", "the role name"))?;
+    let mut roles = scope.split_whitespace();
+    let (Some(role), None) = (roles.next(), roles.next()) else {
+        return Err(OAuthError {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            code: "invalid_scope",
+            reason: "several_roles",
+            description: format!("scope {scope:?} names several roles: request one role per token"),
+        });
+    };
+
+    Ok(ExchangeRequest { subject_token, cluster, role: role.to_string() })
+}
+
+fn missing(name: &str, hint: &str) -> OAuthError {
+    OAuthError::invalid_request("missing_parameter", format!("parameter {name} is missing: set it to {hint}"))
+}

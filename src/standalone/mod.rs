@@ -1,0 +1,202 @@
+//! Standalone mode: the issuer fed from files instead of Kubernetes.
+//!
+//! ```text
+//!  clustersDir/*.yaml ──scan──► Registry ──┐
+//!  signingKeyDir/tls.key ──► KeyManager ──► KeyStore ──► issuer router ──► TLS listener
+//!  stateDir/signing-keys.json ◄─┘ (history)
+//! ```
+//!
+//! Both directories are watched; a change takes effect without a restart,
+//! and a broken file never takes down what was loaded before.
+
+mod clusters;
+pub mod dev;
+mod files;
+mod keys;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use clusters::{DirectoryScan, apply as apply_scan, scan as scan_clusters};
+pub use keys::{HISTORY_FILE, KeyFiles, KeyManager, KeySourceError, current_key_set};
+
+use crate::config::Config;
+use crate::issuer::{IssuerState, ServeError, Server, TlsFiles, router};
+use crate::keys::KeyStore;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::render::IssuerSettings;
+use crate::token::TokenIssuer;
+use crate::watch::DirectoryWatch;
+
+/// How often the clusters directory is re-read without a change event.
+const CLUSTERS_RESYNC: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error("failed to read the clusters directory; create it or set clustersDir")]
+    Clusters(#[source] clusters::ScanError),
+    #[error("failed to load the signing keys")]
+    Keys(#[source] KeySourceError),
+    #[error("failed to serve")]
+    Serve(#[source] ServeError),
+    #[error("failed to read the issuer CA file {path}")]
+    IssuerCa { path: PathBuf, source: std::io::Error },
+}
+
+/// The issuer's parts, loaded from files and ready to serve.
+pub struct Standalone {
+    pub config: Config,
+    pub state: Arc<IssuerState>,
+    key_manager: KeyManager,
+    problems: BTreeMap<String, String>,
+}
+
+impl Standalone {
+    /// Reads the clusters and keys named by `config`.
+    pub fn load(config: Config) -> Result<Self, StandaloneError> {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new());
+
+        let scan = scan_clusters(&config.clusters_dir).map_err(StandaloneError::Clusters)?;
+        let problems = apply_scan(&registry, scan);
+        report_problems(&BTreeMap::new(), &problems);
+        record_cluster_metrics(&metrics, &registry, &problems);
+
+        let files = KeyFiles { key_dir: config.signing_key_dir.clone(), state_dir: config.state_dir.clone() };
+        let key_manager = KeyManager::start(
+            files,
+            metrics.clone(),
+            registry.clone(),
+            config.publication_delay(),
+            config.session_lifetime,
+            config.clock_skew_leeway,
+        )
+        .map_err(StandaloneError::Keys)?;
+
+        let tokens = Arc::new(TokenIssuer::new(
+            config.issuer.clone(),
+            config.client_id.clone(),
+            config.session_lifetime,
+            key_manager.store(),
+        ));
+        let state = Arc::new(IssuerState::new(tokens, registry, metrics, config.jwks_max_age));
+        state.set_ready(true);
+        tracing::info!(
+            issuer = %config.issuer,
+            clusters = state.registry.len(),
+            skipped = problems.len(),
+            signing_kid = %key_manager.store().load().signing().kid(),
+            "Clusters and signing keys loaded"
+        );
+        Ok(Self { config, state, key_manager, problems })
+    }
+
+    pub fn keys(&self) -> Arc<KeyStore> {
+        self.key_manager.store()
+    }
+
+    /// Settings for rendering kube-apiserver configuration for this issuer.
+    pub fn issuer_settings(&self) -> Result<IssuerSettings, StandaloneError> {
+        issuer_settings(&self.config, &self.keys())
+    }
+
+    /// Serves until `shutdown` completes, reloading clusters and keys as
+    /// their files change.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        on_listening: impl FnOnce(SocketAddr) + Send + 'static,
+    ) -> Result<(), StandaloneError> {
+        let Standalone { config, state, key_manager, problems } = self;
+
+        let keys_task = tokio::spawn(key_manager.run());
+        let clusters_task = tokio::spawn(watch_clusters(config.clusters_dir.clone(), state.clone(), problems));
+
+        let server = Server {
+            addr: config.listen,
+            tls: config.tls.as_ref().map(|t| TlsFiles { cert_file: t.cert_file.clone(), key_file: t.key_file.clone() }),
+        };
+        let result = server.run(router(state), shutdown, on_listening).await.map_err(StandaloneError::Serve);
+
+        keys_task.abort();
+        clusters_task.abort();
+        result
+    }
+}
+
+/// Settings for rendering, from the configuration and the published keys.
+pub fn issuer_settings(config: &Config, keys: &KeyStore) -> Result<IssuerSettings, StandaloneError> {
+    let ca_pem = match &config.issuer_ca_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|source| StandaloneError::IssuerCa { path: path.clone(), source })?,
+        ),
+        None => None,
+    };
+    Ok(IssuerSettings {
+        issuer: config.issuer.clone(),
+        client_id: config.client_id.clone(),
+        algorithms: keys.load().algorithms().to_vec(),
+        ca_file: config.issuer_ca_file.as_ref().map(|p| p.display().to_string()),
+        ca_pem,
+    })
+}
+
+async fn watch_clusters(dir: PathBuf, state: Arc<IssuerState>, mut problems: BTreeMap<String, String>) {
+    let mut watch = match DirectoryWatch::new(std::slice::from_ref(&dir), CLUSTERS_RESYNC) {
+        Ok(watch) => watch,
+        Err(err) => {
+            tracing::error!(dir = %dir.display(), error = &err as &dyn std::error::Error, "Cannot watch the clusters directory; changes need a restart");
+            return;
+        }
+    };
+
+    loop {
+        watch.changed().await;
+        let before = state.registry.clusters();
+        match scan_clusters(&dir) {
+            Ok(scan) => {
+                let latest = apply_scan(&state.registry, scan);
+                report_problems(&problems, &latest);
+                record_cluster_metrics(&state.metrics, &state.registry, &latest);
+                problems = latest;
+            }
+            Err(err) => {
+                tracing::error!(
+                    error = &err as &dyn std::error::Error,
+                    "Clusters directory unreadable; keeping the registered clusters"
+                );
+                continue;
+            }
+        }
+        if before != state.registry.clusters() {
+            tracing::info!(clusters = state.registry.len(), "Clusters reloaded");
+        }
+    }
+}
+
+/// Logs each problem once when it appears, and once when it is fixed.
+fn report_problems(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) {
+    for (source, message) in after {
+        if before.get(source) != Some(message) {
+            tracing::warn!(manifest = %source, problem = %message, "Cluster manifest skipped");
+        }
+    }
+    for source in before.keys().filter(|s| !after.contains_key(*s)) {
+        tracing::info!(manifest = %source, "Cluster manifest no longer skipped");
+    }
+}
+
+fn record_cluster_metrics(metrics: &Metrics, registry: &Registry, problems: &BTreeMap<String, String>) {
+    metrics.clusters.set(registry.len() as i64);
+    metrics.invalid_clusters.set(problems.len() as i64);
+}
+
+/// Resolves a path against the current directory, for messages.
+pub fn display_path(path: &Path) -> String {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
