@@ -56,11 +56,21 @@ fn read_file(path: &Path, scan: &mut DirectoryScan) {
         }
     };
 
-    let documents: Vec<_> = serde_yaml_ng::Deserializer::from_str(&text).collect();
+    let mut documents = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let parsed = serde_yaml_ng::Value::deserialize_from(document);
+        let failed = parsed.is_err();
+        documents.push(parsed);
+        // After a syntax error the stream yields the same error forever.
+        if failed {
+            break;
+        }
+    }
+
     let several = documents.len() > 1;
-    for (index, document) in documents.into_iter().enumerate() {
+    for (index, parsed) in documents.into_iter().enumerate() {
         let source = if several { format!("{source}#{}", index + 1) } else { source.clone() };
-        let value = match serde_yaml_ng::Value::deserialize_from(document) {
+        let value = match parsed {
             Ok(serde_yaml_ng::Value::Null) => continue,
             Ok(value) => value,
             Err(err) => {
