@@ -40,6 +40,7 @@ pub const DEFAULT_TOKEN_LIFETIME: &str = "1h";
     namespaced,
     status = "MonoskopeClusterStatus",
     derive = "PartialEq",
+    cel,
     doc = "A Kubernetes cluster that trusts Monoskope's issuer, and the roles users may obtain there.",
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.clusterName","description":"Name in the cluster_name claim; the resource name when empty"}"#,
     printcolumn = r#"{"name":"API Server","type":"string","jsonPath":".spec.apiServerAddress"}"#,
