@@ -118,6 +118,8 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), OAuthError> {
 }
 
 fn parse_form(body: &[u8]) -> Result<ExchangeRequest, OAuthError> {
+    check_form_encoding(body)
+        .map_err(|problem| OAuthError::invalid_request("form", format!("the body is not a valid form: {problem}")))?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
         .map_err(|err| OAuthError::invalid_request("form", format!("the body is not a valid form ({err})")))?;
 
@@ -166,6 +168,27 @@ fn parse_form(body: &[u8]) -> Result<ExchangeRequest, OAuthError> {
     };
 
     Ok(ExchangeRequest { subject_token, cluster, role: role.to_string() })
+}
+
+/// Rejects bodies that form decoders would silently repair: invalid
+/// percent-escapes, or bytes that are not UTF-8.
+fn check_form_encoding(body: &[u8]) -> Result<(), String> {
+    if std::str::from_utf8(body).is_err() {
+        return Err("it is not UTF-8".into());
+    }
+    for (index, byte) in body.iter().enumerate() {
+        let escape = body.get(index + 1..index + 3);
+        if *byte == b'%' && !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+            return Err(format!("invalid percent-escape at byte {index}"));
+        }
+    }
+    for part in body.split(|b| *b == b'&') {
+        let plus_as_space: Vec<u8> = part.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+        if percent_encoding::percent_decode(&plus_as_space).decode_utf8().is_err() {
+            return Err("a percent-escaped value is not UTF-8".into());
+        }
+    }
+    Ok(())
 }
 
 fn missing(name: &str, hint: &str) -> OAuthError {
