@@ -128,7 +128,9 @@ fn broken_key_files_keep_last_good_key() {
     let kids = server.published_kids();
     let key_file = server.signing_dir.join("tls.key");
 
-    let cases: [(&str, Vec<u8>, Option<Vec<u8>>); 4] = [
+    // Each case: name, new tls.key contents, new tls.crt contents.
+    type Case = (&'static str, Vec<u8>, Option<Vec<u8>>);
+    let cases: [Case; 4] = [
         ("garbage", b"not a key".to_vec(), None),
         ("ed25519", std::fs::read(support::fixture_key("ed25519.key")).unwrap(), None),
         (
