@@ -253,13 +253,21 @@ fn log_change(change: &KeyChange) {
     }
 }
 
-/// Reads the key set that is in effect now, without writing anything: for
-/// `monoskope token`.
+/// Reads the key set in effect now, without writing anything: for
+/// `monoskope token` and `render`. When a history exists it is used alone,
+/// because a key that the running server has not picked up yet is not
+/// published, and a token signed with it would fail verification.
 pub fn current_key_set(
     files: &KeyFiles,
     publication_delay: Duration,
     session_lifetime: Duration,
 ) -> Result<KeySet, KeySourceError> {
     let policy = RotationPolicy { publication_delay, retention: session_lifetime, leeway: Duration::ZERO };
-    files.load(&policy, SystemTime::now()).map(|(set, _)| set)
+    match files.read_history()? {
+        Some(mut set) => {
+            set.advance(SystemTime::now(), &policy);
+            Ok(set)
+        }
+        None => files.load(&policy, SystemTime::now()).map(|(set, _)| set),
+    }
 }

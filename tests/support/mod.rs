@@ -70,11 +70,19 @@ pub struct Timing {
     pub session_lifetime: &'static str,
     pub leeway: &'static str,
     pub jwks_max_age: &'static str,
+    /// Replaces every role's tokenLifetime in the copied manifests.
+    pub role_lifetime: Option<&'static str>,
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Self { publication_delay: "340s", session_lifetime: "12h", leeway: "60s", jwks_max_age: "300s" }
+        Self {
+            publication_delay: "340s",
+            session_lifetime: "12h",
+            leeway: "60s",
+            jwks_max_age: "300s",
+            role_lifetime: None,
+        }
     }
 }
 
@@ -104,7 +112,18 @@ impl TestServer {
         std::fs::create_dir_all(&signing_dir).unwrap();
         for entry in std::fs::read_dir(examples_dir()).unwrap() {
             let path = entry.unwrap().path();
-            std::fs::copy(&path, clusters_dir.join(path.file_name().unwrap())).unwrap();
+            let mut manifest = std::fs::read_to_string(&path).unwrap();
+            if let Some(lifetime) = timing.role_lifetime {
+                manifest = manifest
+                    .lines()
+                    .map(|line| match line.split_once("tokenLifetime:") {
+                        Some((indent, _)) => format!("{indent}tokenLifetime: {lifetime}"),
+                        None => line.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+            std::fs::write(clusters_dir.join(path.file_name().unwrap()), manifest).unwrap();
         }
         std::fs::copy(fixture_key(signing_key), signing_dir.join("tls.key")).unwrap();
         let tls = write_tls(&dir.path().join("tls"), "serving");
