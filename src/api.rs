@@ -59,3 +59,47 @@ pub struct RoleAccess {
     /// Lifetime of the role's tokens in seconds.
     pub token_lifetime_seconds: u64,
 }
+
+/// `POST /api/v1/auth/url`: start a login through the upstream provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthUrlRequest {
+    /// Loopback URL where the browser delivers the authorization code.
+    pub redirect_uri: String,
+    /// RFC 7636 S256 challenge of the caller's PKCE verifier.
+    pub code_challenge: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_challenge_method: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthUrlResponse {
+    /// Upstream authorization URL to open in a browser.
+    pub authorization_url: String,
+    /// The `state` the callback must return.
+    pub state: String,
+}
+
+/// `POST /api/v1/auth/exchange`: finish a login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthExchangeRequest {
+    pub code: String,
+    pub state: String,
+    pub code_verifier: String,
+    pub redirect_uri: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthExchangeResponse {
+    pub session_token: String,
+    /// Seconds until the session expires.
+    pub expires_in: u64,
+    pub email: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}

@@ -65,6 +65,22 @@ pub struct SessionClaims {
     pub groups: Vec<String>,
 }
 
+/// Audience of login `state` tokens; no relying party accepts them.
+pub const LOGIN_STATE_AUDIENCE: &str = "monoskope-login";
+
+/// Claims of a login `state`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginState {
+    pub iss: String,
+    pub aud: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub nbf: u64,
+    pub jti: String,
+    pub nonce: String,
+    pub redirect_uri: String,
+}
+
 /// The person a session token is minted for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -142,8 +158,8 @@ pub enum SessionError {
     NotYetValid,
     #[error("the token was issued by another issuer")]
     WrongIssuer,
-    #[error("the token is not a session token (aud must be {SESSION_AUDIENCE:?})")]
-    WrongAudience,
+    #[error("the token is not a {0} (wrong aud)")]
+    WrongAudience(&'static str),
     #[error("the token's claims are invalid: {0}")]
     InvalidClaims(String),
     #[error("the session's e-mail address is not verified")]
@@ -161,7 +177,7 @@ impl SessionError {
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
             Self::WrongIssuer => "issuer",
-            Self::WrongAudience => "audience",
+            Self::WrongAudience(_) => "audience",
             Self::InvalidClaims(_) => "claims",
             Self::EmailNotVerified => "email_not_verified",
         }
@@ -275,6 +291,51 @@ impl TokenIssuer {
     /// `aud: monoskope`, `exp` and `nbf` (with 30 s leeway), and a verified
     /// e-mail address.
     pub fn verify_session(&self, token: &str) -> Result<SessionClaims, SessionError> {
+        let claims: SessionClaims = self.verify(token, SESSION_AUDIENCE, "session token")?;
+        if !claims.email_verified {
+            return Err(SessionError::EmailNotVerified);
+        }
+        Ok(claims)
+    }
+
+    /// Signs the `state` of one login: where the callback goes and which
+    /// nonce the upstream ID token must carry. Any replica can verify it, so
+    /// no login needs server-side storage.
+    pub fn mint_login_state(
+        &self,
+        redirect_uri: &str,
+        nonce: &str,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<String, SignError> {
+        let (iat, exp, jti) = times(now, lifetime);
+        let claims = LoginState {
+            iss: self.issuer.clone(),
+            aud: LOGIN_STATE_AUDIENCE.to_string(),
+            exp,
+            iat,
+            nbf: iat,
+            jti: jti.clone(),
+            nonce: nonce.to_string(),
+            redirect_uri: redirect_uri.to_string(),
+        };
+        self.sign(&claims, jti, exp, lifetime).map(|minted| minted.token)
+    }
+
+    /// Verifies a login `state` minted by [`mint_login_state`](Self::mint_login_state).
+    pub fn verify_login_state(&self, token: &str) -> Result<LoginState, SessionError> {
+        self.verify(token, LOGIN_STATE_AUDIENCE, "login state of this issuer")
+    }
+
+    /// Verifies a JWT of this issuer for `audience`: `alg` from the accepted
+    /// set and equal to the key's, a published `kid`, the signature, `iss`,
+    /// `exp` and `nbf`.
+    fn verify<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+        kind: &'static str,
+    ) -> Result<T, SessionError> {
         let (alg, kid) = read_header(token)?;
         if !ACCEPTED_ALGORITHMS.iter().any(|a| format!("{a:?}") == alg) {
             return Err(SessionError::AlgorithmNotAccepted(alg));
@@ -289,20 +350,21 @@ impl TokenIssuer {
 
         let mut validation = Validation::new(*key_alg);
         validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[SESSION_AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = SESSION_LEEWAY_SECONDS;
         validation.validate_nbf = true;
 
-        // Decode loosely first, so a cluster token fails on its audience
-        // rather than on a missing session claim.
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, decoding, &validation).map_err(map_jwt_error)?;
-        let claims: SessionClaims =
-            serde_json::from_value(data.claims).map_err(|err| SessionError::InvalidClaims(err.to_string()))?;
-        if !claims.email_verified {
-            return Err(SessionError::EmailNotVerified);
-        }
-        Ok(claims)
+        // Decode loosely first, so a token of another kind fails on its
+        // audience rather than on a missing claim.
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, decoding, &validation).map_err(
+                |err| match map_jwt_error(err) {
+                    SessionError::WrongAudience(_) => SessionError::WrongAudience(kind),
+                    other => other,
+                },
+            )?;
+        serde_json::from_value(data.claims).map_err(|err| SessionError::InvalidClaims(err.to_string()))
     }
 }
 
@@ -336,7 +398,7 @@ fn map_jwt_error(err: jsonwebtoken::errors::Error) -> SessionError {
         ErrorKind::ExpiredSignature => SessionError::Expired,
         ErrorKind::ImmatureSignature => SessionError::NotYetValid,
         ErrorKind::InvalidIssuer => SessionError::WrongIssuer,
-        ErrorKind::InvalidAudience => SessionError::WrongAudience,
+        ErrorKind::InvalidAudience => SessionError::WrongAudience("token of this kind"),
         ErrorKind::InvalidAlgorithm => SessionError::AlgorithmMismatch { header: "?".into(), key: "?".into() },
         ErrorKind::MissingRequiredClaim(claim) => SessionError::InvalidClaims(format!("{claim} is missing")),
         ErrorKind::Json(_) => SessionError::InvalidClaims("a claim has the wrong type".into()),
@@ -390,7 +452,7 @@ mod tests {
             lifetime: Duration::from_secs(300),
         };
         let minted = issuer.mint_cluster(&subject, &grant, SystemTime::now()).unwrap();
-        assert_eq!(issuer.verify_session(&minted.token), Err(SessionError::WrongAudience));
+        assert_eq!(issuer.verify_session(&minted.token), Err(SessionError::WrongAudience("session token")));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod clusters;
 mod discovery;
 mod error;
 mod exchange;
+mod login;
 mod server;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub use server::{ServeError, Server, TlsFiles};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::registry::Registry;
 use crate::token::TokenIssuer;
+use crate::upstream::Upstream;
 
 /// Largest request body accepted. A token exchange form with a service
 /// account token is about 2 KiB.
@@ -44,6 +46,8 @@ pub struct IssuerState {
     pub metrics: Arc<Metrics>,
     /// `Cache-Control: max-age` of the JWKS and discovery documents.
     pub jwks_max_age: Duration,
+    /// The identity provider of `monoctl login`; login answers 404 without.
+    pub upstream: Option<Arc<Upstream>>,
     ready: AtomicBool,
 }
 
@@ -54,7 +58,13 @@ impl IssuerState {
         metrics: Arc<Metrics>,
         jwks_max_age: Duration,
     ) -> Self {
-        Self { tokens, registry, metrics, jwks_max_age, ready: AtomicBool::new(false) }
+        Self { tokens, registry, metrics, jwks_max_age, upstream: None, ready: AtomicBool::new(false) }
+    }
+
+    /// Enables `monoctl login` through `upstream`.
+    pub fn with_upstream(mut self, upstream: Arc<Upstream>) -> Self {
+        self.upstream = Some(upstream);
+        self
     }
 
     /// Marks the issuer ready once its sources have been read; `/readyz`
@@ -75,6 +85,8 @@ pub fn router(state: Arc<IssuerState>) -> Router {
         .route("/keys", get(discovery::jwks))
         .route("/token", post(exchange::token))
         .route("/api/v1/clusters", get(clusters::list))
+        .route("/api/v1/auth/url", post(login::authorization_url))
+        .route("/api/v1/auth/exchange", post(login::exchange))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::render::IssuerSettings;
 use crate::token::TokenIssuer;
+use crate::upstream::Upstream;
 use crate::watch::DirectoryWatch;
 
 /// How often the clusters directory is re-read without a change event.
@@ -44,6 +45,8 @@ pub enum StandaloneError {
     Keys(#[source] KeySourceError),
     #[error("failed to serve")]
     Serve(#[source] ServeError),
+    #[error("failed to set up the upstream identity provider")]
+    Upstream(#[source] crate::upstream::UpstreamError),
     #[error("failed to read the issuer CA file {path}")]
     IssuerCa { path: PathBuf, source: std::io::Error },
 }
@@ -84,7 +87,12 @@ impl Standalone {
             config.session_lifetime,
             key_manager.store(),
         ));
-        let state = Arc::new(IssuerState::new(tokens, registry, metrics, config.jwks_max_age));
+        let mut state = IssuerState::new(tokens, registry, metrics, config.jwks_max_age);
+        if let Some(upstream) = &config.upstream {
+            let upstream = Upstream::new(upstream.clone()).map_err(StandaloneError::Upstream)?;
+            state = state.with_upstream(Arc::new(upstream));
+        }
+        let state = Arc::new(state);
         state.set_ready(true);
         tracing::info!(
             issuer = %config.issuer,
