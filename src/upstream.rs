@@ -46,6 +46,8 @@ pub enum UpstreamError {
     Discovery { issuer: String, detail: String },
     #[error("the upstream provider rejected the authorization code: {0}")]
     CodeRejected(String),
+    #[error("failed to reach the upstream token endpoint: {0}")]
+    Unreachable(String),
     #[error("the upstream provider did not return an ID token")]
     NoIdToken,
     #[error("the upstream ID token is invalid: {0}")]
@@ -175,7 +177,12 @@ impl Upstream {
             .set_redirect_uri(Cow::Owned(redirect))
             .request_async(&http)
             .await
-            .map_err(|err| UpstreamError::CodeRejected(describe_token_error(&err)))?;
+            .map_err(|err| match err {
+                openidconnect::RequestTokenError::Request(transport) => {
+                    UpstreamError::Unreachable(error_chain(&transport))
+                }
+                other => UpstreamError::CodeRejected(error_chain(&other)),
+            })?;
         let id_token = response.id_token().ok_or(UpstreamError::NoIdToken)?;
         let nonce = Nonce::new(nonce.to_string());
 
@@ -364,10 +371,6 @@ fn read_groups(id_token: &str, claim: &str) -> Vec<String> {
         Some(Ok(Groups::One(group))) => vec![group],
         _ => Vec::new(),
     }
-}
-
-fn describe_token_error<E: std::error::Error>(err: &E) -> String {
-    error_chain(err)
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod upstream;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -103,6 +105,12 @@ impl TestServer {
     /// Writes a configuration, copies the example clusters and the given
     /// signing key, and starts the server.
     pub fn start(signing_key: &str, timing: Timing) -> Self {
+        Self::start_with(signing_key, timing, |_| String::new())
+    }
+
+    /// Starts a server whose configuration ends with what `extra` returns
+    /// for the server's directory.
+    pub fn start_with(signing_key: &str, timing: Timing, extra: impl FnOnce(&Path) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let issuer = format!("https://127.0.0.1:{port}");
@@ -141,6 +149,7 @@ impl TestServer {
             leeway = timing.leeway,
             max_age = timing.jwks_max_age,
         );
+        let config = format!("{config}{}", extra(dir.path()));
         std::fs::write(&config_file, config).unwrap();
 
         let log_file = dir.path().join("server.log");
