@@ -129,6 +129,20 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+impl UpstreamConfig {
+    /// Returns an upstream with the default scopes and groups claim.
+    pub fn new(issuer: impl Into<String>, client_id: impl Into<String>, client_secret_file: PathBuf) -> Self {
+        Self {
+            issuer: issuer.into(),
+            client_id: client_id.into(),
+            client_secret_file,
+            scopes: default_scopes(),
+            groups_claim: default_groups_claim(),
+            ca_file: None,
+        }
+    }
+}
+
 impl Config {
     /// Returns a configuration with every default and the given issuer.
     pub fn with_issuer(issuer: impl Into<String>) -> Self {

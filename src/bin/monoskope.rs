@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
-use monoskope::config::{Config, go_duration};
+use monoskope::config::{Config, UpstreamConfig, go_duration};
 use monoskope::registry::Registry;
 use monoskope::render::{self, IssuerSettings};
 use monoskope::resource::MonoskopeCluster;
@@ -68,6 +68,15 @@ struct ServeArgs {
     /// Exact issuer URL, overriding the configuration.
     #[arg(long)]
     issuer: Option<String>,
+    /// Issuer URL of the identity provider users log in with.
+    #[arg(long, requires_all = ["upstream_client_id", "upstream_client_secret_file"])]
+    upstream_issuer: Option<String>,
+    /// Client ID of Monoskope at the identity provider.
+    #[arg(long, requires = "upstream_issuer")]
+    upstream_client_id: Option<String>,
+    /// File holding the client secret of Monoskope at the identity provider.
+    #[arg(long, requires = "upstream_issuer")]
+    upstream_client_secret_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -192,6 +201,12 @@ fn apply_overrides(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> 
     }
     if let Some(issuer) = &args.issuer {
         config.issuer = issuer.clone();
+    }
+    if let (Some(issuer), Some(client_id), Some(secret_file)) =
+        (&args.upstream_issuer, &args.upstream_client_id, &args.upstream_client_secret_file)
+    {
+        let secret_file = std::path::absolute(secret_file).unwrap_or_else(|_| secret_file.clone());
+        config.upstream = Some(UpstreamConfig::new(issuer.clone(), client_id.clone(), secret_file));
     }
     config.check()?;
     Ok(())
