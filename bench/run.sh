@@ -9,6 +9,8 @@
 #      static file over TLS with the same certificate.
 #   3. VmRSS of the idle server with 1,000 cluster manifests and with the 2
 #      example clusters.
+#   4. GET /keys latency on one core with 1,000 clusters, across the 30 s
+#      clusters directory resync.
 #
 # Each load test runs twice: "pinned" puts the server (or nginx) on CPU 0
 # and wrk on CPU 1, "shared" lets both use every CPU.
@@ -26,8 +28,14 @@
 #   SIGN_SECONDS=5         seconds of each bench/rsa-sign mode
 #   CLUSTER_COUNT=1000     manifests generated for the memory test
 #   SETTLE_SECONDS=5       idle wait before VmRSS is read
-#   BASE_PORT=18443        first of the four loopback ports used
-#   MONOSKOPE_BIN=PATH     use this binary instead of `cargo build --release`
+#   RESYNC_SECONDS=35      GET /keys run across the 30 s clusters resync
+#                          with CLUSTER_COUNT clusters (0 skips it)
+#   QUIET_WAIT=300         seconds to wait for other processes to go idle
+#                          before each measurement
+#   BASE_PORT=18443        first of the three loopback ports used
+#   MONOSKOPE_REF=REV      build this commit (git archive) instead of the
+#                          working tree, into target/bench-ref
+#   MONOSKOPE_BIN=PATH     use this binary instead of building one
 set -euo pipefail
 
 DURATION=${DURATION:-20}
@@ -37,6 +45,8 @@ OPENSSL_SECONDS=${OPENSSL_SECONDS:-10}
 SIGN_SECONDS=${SIGN_SECONDS:-5}
 CLUSTER_COUNT=${CLUSTER_COUNT:-1000}
 SETTLE_SECONDS=${SETTLE_SECONDS:-5}
+RESYNC_SECONDS=${RESYNC_SECONDS:-35}
+QUIET_WAIT=${QUIET_WAIT:-300}
 BASE_PORT=${BASE_PORT:-18443}
 
 ISSUER_PORT=$BASE_PORT
@@ -59,6 +69,7 @@ RESULTS=$OUT/results.txt
 
 # PIDs of every server this script started; cleanup stops exactly these.
 STARTED_PIDS=()
+STARTED_PID=
 
 log() {
   printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2
@@ -131,6 +142,7 @@ require_tools() {
 record_machine() {
   record date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   record cpu_model "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+  record cpu_family_model "$(awk -F': ' '/^cpu family/ { f = $2 } /^model\t/ { m = $2 } END { print f "/" m }' /proc/cpuinfo)"
   record cpu_count "$(nproc)"
   record avx512ifma "$(grep -qw avx512ifma /proc/cpuinfo && echo yes || echo no)"
   record memory_total_kib "$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
@@ -140,18 +152,31 @@ record_machine() {
   record openssl_version "$(openssl version)"
   record rustc_version "$(rustc -V)"
   record git_commit "$(git -C "$REPO" rev-parse --short HEAD)"
-  record src_changed_since_commit "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock | wc -l | tr -d ' ') files"
+  record working_tree_changes "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock | wc -l | tr -d ' ') files in src/, Cargo.toml, Cargo.lock"
   record loadavg_at_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
-# Builds (unless MONOSKOPE_BIN is set) and copies the binary into $WORK, so
-# that a rebuild during the run does not change what is measured.
+# Builds monoskope (unless MONOSKOPE_BIN is set) and copies the binary into
+# $WORK, so that a rebuild during the run does not change what is measured.
+# With MONOSKOPE_REF, builds that commit from a clean `git archive` instead of
+# the working tree.
 prepare_binaries() {
   local source=${MONOSKOPE_BIN:-}
-  if [[ -z $source ]]; then
-    log "building monoskope (cargo build --release)"
+  if [[ -z $source && -n ${MONOSKOPE_REF:-} ]]; then
+    local target_dir=$REPO/target/bench-ref
+    log "building monoskope at $MONOSKOPE_REF from git archive (target dir $target_dir)"
+    mkdir -p "$WORK/src"
+    git -C "$REPO" archive "$MONOSKOPE_REF" | tar -x -C "$WORK/src"
+    (cd "$WORK/src" && CARGO_TARGET_DIR=$target_dir cargo build --release --locked --quiet)
+    source=$target_dir/release/monoskope
+    record monoskope_ref "$MONOSKOPE_REF = $(git -C "$REPO" rev-parse --short "$MONOSKOPE_REF")"
+  elif [[ -z $source ]]; then
+    log "building monoskope from the working tree (cargo build --release)"
     (cd "$REPO" && cargo build --release --quiet)
     source=$REPO/target/release/monoskope
+    record monoskope_ref "working tree at $(git -C "$REPO" rev-parse --short HEAD)"
+  else
+    record monoskope_ref "MONOSKOPE_BIN=$source"
   fi
   [[ -x $source ]] || fail "monoskope binary $source not found or not executable"
   cp "$source" "$WORK/monoskope"
@@ -168,10 +193,12 @@ openssl_sign_rate() {
 }
 
 measure_rsa_baselines() {
+  wait_for_quiet "openssl speed"
   log "openssl speed rsa2048 on CPU 0 for ${OPENSSL_SECONDS} s"
   taskset -c 0 openssl speed -seconds "$OPENSSL_SECONDS" rsa2048 >"$OUT/openssl-1core.txt" 2>&1
   record openssl_sign_per_s_1core "$(openssl_sign_rate "$OUT/openssl-1core.txt")"
 
+  wait_for_quiet "openssl speed -multi 2"
   log "openssl speed -multi 2 rsa2048 for ${OPENSSL_SECONDS} s"
   openssl speed -seconds "$OPENSSL_SECONDS" -multi 2 rsa2048 >"$OUT/openssl-multi2.txt" 2>&1
   record openssl_sign_per_s_multi2 "$(openssl_sign_rate "$OUT/openssl-multi2.txt")"
@@ -181,6 +208,7 @@ measure_rsa_baselines() {
 measure_aws_lc_sign() {
   local der=$WORK/signing-key.der
   openssl rsa -in "$WORK/state/signing/tls.key" -traditional -outform DER -out "$der" 2>/dev/null
+  wait_for_quiet "bench/rsa-sign"
   log "bench/rsa-sign on CPU 0, ${SIGN_SECONDS} s per mode"
   taskset -c 0 "$WORK/rsa-sign-bench" "$der" "$SIGN_SECONDS" >"$OUT/rsa-sign.txt"
   local mode rate
@@ -189,8 +217,8 @@ measure_aws_lc_sign() {
   done <"$OUT/rsa-sign.txt"
 }
 
-# Starts `monoskope serve --dev` on CPUS ("all" for no pinning) and waits
-# until /readyz answers 200. Prints the PID.
+# Starts `monoskope serve --dev` on CPUS ("all" for no pinning), waits
+# until /readyz answers 200, and sets STARTED_PID.
 start_issuer() {
   local name=$1 port=$2 clusters_dir=$3 cpus=$4 log_level=$5
   local command=("$WORK/monoskope" serve --dev --listen "127.0.0.1:$port" --state-dir "$WORK/state"
@@ -199,10 +227,9 @@ start_issuer() {
     command=(taskset -c "$cpus" "${command[@]}")
   fi
   RUST_LOG=$log_level "${command[@]}" >"$OUT/$name.stdout" 2>"$OUT/$name.log" &
-  local pid=$!
-  STARTED_PIDS+=("$pid")
-  wait_ready "$name" "https://127.0.0.1:$port/readyz" "$pid"
-  echo "$pid"
+  STARTED_PID=$!
+  STARTED_PIDS+=("$STARTED_PID")
+  wait_ready "$name" "https://127.0.0.1:$port/readyz" "$STARTED_PID"
 }
 
 # Polls URL (at most 100 times, 0.1 s apart) until it answers 200.
@@ -221,6 +248,8 @@ wait_ready() {
   fail "$name did not answer 200 on $url within 10 s; see $OUT/$name.log"
 }
 
+# Starts nginx in the foreground (daemon off) on CPUS with WORKERS worker
+# processes, serving $WORK/jwks.json at /keys, and sets STARTED_PID.
 start_nginx() {
   local name=$1 cpus=$2 workers=$3
   local dir=$WORK/nginx-$name
@@ -268,20 +297,47 @@ EOF
     command=(taskset -c "$cpus" "${command[@]}")
   fi
   "${command[@]}" >"$OUT/nginx-$name.stdout" 2>&1 &
-  local pid=$!
-  STARTED_PIDS+=("$pid")
-  wait_ready "nginx-$name" "https://127.0.0.1:$NGINX_PORT/keys" "$pid"
-  echo "$pid"
+  STARTED_PID=$!
+  STARTED_PIDS+=("$STARTED_PID")
+  wait_ready "nginx-$name" "https://127.0.0.1:$NGINX_PORT/keys" "$STARTED_PID"
 }
 
-# Sum of utime and stime of PID and its threads, in clock ticks.
+# Sum of utime and stime of the given PIDs (all their threads), in clock ticks.
 cpu_ticks_of() {
-  awk '{ print $14 + $15 }' "/proc/$1/stat"
+  local pid total=0
+  for pid in "$@"; do
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+  done
+  echo "$total"
 }
 
 # Busy clock ticks of the whole machine (all CPUs).
 machine_busy_ticks() {
   awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+
+# Waits (at most QUIET_WAIT seconds) until the machine is nearly idle, so
+# that other work on a shared machine does not end up in the numbers. Every
+# measurement still records the CPU time that others used during it.
+wait_for_quiet() {
+  local what=$1 waited=0 before after busy_cores
+  while true; do
+    before=$(machine_busy_ticks)
+    sleep 1
+    after=$(machine_busy_ticks)
+    busy_cores=$(awk -v a="$before" -v b="$after" -v t="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f\n", (b - a) / t }')
+    if awk -v busy="$busy_cores" 'BEGIN { exit !(busy < 0.15) }'; then
+      return 0
+    fi
+    waited=$((waited + 1))
+    if ((waited >= QUIET_WAIT)); then
+      log "WARNING: the machine is still busy ($busy_cores cores) after ${QUIET_WAIT} s; measuring $what anyway"
+      return 0
+    fi
+    if ((waited == 1 || waited % 30 == 0)); then
+      log "waiting for other processes to go idle before $what ($busy_cores cores busy)"
+    fi
+  done
 }
 
 # Converts a wrk latency such as 812.00us, 6.83ms or 1.20s to milliseconds.
@@ -295,44 +351,50 @@ to_ms() {
 }
 
 # Runs wrk against URL and records requests/s, p50, p99, errors, and the CPU
-# time that SERVER_PID and the whole machine used during the measured run.
+# time that the server (SERVER_PIDS, space-separated) and the whole machine
+# used during the measured run.
 run_wrk() {
-  local name=$1 server_pid=$2 wrk_cpus=$3 threads=$4 url=$5
+  local name=$1 server_pids=$2 wrk_cpus=$3 threads=$4 url=$5
   shift 5
   local command=(wrk -t"$threads" -c"$CONNECTIONS" --latency "$@")
   if [[ $wrk_cpus != all ]]; then
     command=(taskset -c "$wrk_cpus" "${command[@]}")
   fi
 
+  wait_for_quiet "wrk $name"
   log "wrk $name: ${WARMUP} s warm-up, ${DURATION} s measured, $CONNECTIONS connections, $threads threads"
   timeout $((WARMUP + 30)) "${command[@]}" -d"${WARMUP}s" "$url" >"$OUT/wrk-$name-warmup.txt"
 
   local ticks=$(getconf CLK_TCK)
   local server_before machine_before server_after machine_after
-  server_before=$(cpu_ticks_of "$server_pid")
+  # shellcheck disable=SC2086 # one word per PID
+  server_before=$(cpu_ticks_of $server_pids)
   machine_before=$(machine_busy_ticks)
   local TIMEFORMAT='%U %S'
   { time timeout $((DURATION + 30)) "${command[@]}" -d"${DURATION}s" "$url" >"$OUT/wrk-$name.txt"; } \
     2>"$OUT/wrk-$name.time"
-  server_after=$(cpu_ticks_of "$server_pid")
+  # shellcheck disable=SC2086
+  server_after=$(cpu_ticks_of $server_pids)
   machine_after=$(machine_busy_ticks)
 
   local file=$OUT/wrk-$name.txt
-  local rps p50 p99 non2xx socket_errors
+  local rps p50 p99 max non2xx socket_errors
   rps=$(awk '/^Requests\/sec:/ { print $2 }' "$file")
   p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$file")")
   p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$file")")
+  max=$(to_ms "$(awk '$1 == "Latency" && NF == 5 { print $4 }' "$file")")
   non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$file")
   socket_errors=$(awk -F'[ ,]+' '/Socket errors:/ { print $4 + $6 + $8 + $10 }' "$file")
 
   local server_cpu machine_cpu wrk_cpu
   server_cpu=$(awk -v a="$server_before" -v b="$server_after" -v t="$ticks" 'BEGIN { printf "%.2f\n", (b - a) / t }')
   machine_cpu=$(awk -v a="$machine_before" -v b="$machine_after" -v t="$ticks" 'BEGIN { printf "%.2f\n", (b - a) / t }')
-  wrk_cpu=$(awk '{ printf "%.2f\n", $1 + $2 }' "$OUT/wrk-$name.time")
+  wrk_cpu=$(tail -n 1 "$OUT/wrk-$name.time" | awk '{ printf "%.2f\n", $1 + $2 }')
 
   record "${name}_requests_per_s" "$rps"
   record "${name}_p50_ms" "$p50"
   record "${name}_p99_ms" "$p99"
+  record "${name}_max_ms" "$max"
   record "${name}_non_2xx" "${non2xx:-0}"
   record "${name}_socket_errors" "${socket_errors:-0}"
   record "${name}_server_cpu_s" "$server_cpu"
@@ -342,6 +404,13 @@ run_wrk() {
     'BEGIN { o = m - s - w; printf "%.2f\n", (o < 0 ? 0 : o) }')"
   record "${name}_requests_per_server_cpu_s" "$(awk -v r="$rps" -v d="$DURATION" -v c="$server_cpu" \
     'BEGIN { if (c == 0) print "n/a"; else printf "%.1f\n", r * d / c }')"
+  local other_cores
+  other_cores=$(awk -v m="$machine_cpu" -v s="$server_cpu" -v w="$wrk_cpu" -v d="$DURATION" \
+    'BEGIN { o = (m - s - w) / d; printf "%.2f\n", (o < 0 ? 0 : o) }')
+  if awk -v o="$other_cores" 'BEGIN { exit !(o >= 0.10) }'; then
+    record "${name}_disturbed" "yes: other processes used $other_cores cores on average"
+    log "WARNING: other processes used $other_cores cores during wrk $name; rerun on a quiet machine"
+  fi
   if [[ ${non2xx:-0} != 0 || ${socket_errors:-0} != 0 ]]; then
     log "WARNING: wrk $name saw ${non2xx:-0} non-2xx responses and ${socket_errors:-0} socket errors"
   fi
@@ -373,7 +442,7 @@ record_tls() {
   local brief
   brief=$(timeout 10 openssl s_client -connect "127.0.0.1:$port" -brief </dev/null 2>&1 || true)
   record "${name}_tls" "$(printf '%s\n' "$brief" |
-    awk -F': ' '/^(Protocol version|Ciphersuite|Peer Temp Key):/ { printf "%s%s", sep, $2; sep = ", " }')"
+    awk -F': ' '/^(Protocol version|Ciphersuite|Server Temp Key):/ { printf "%s%s", sep, $2; sep = ", " }')"
 }
 
 # Compares the JWKS response headers and body of both servers.
@@ -394,8 +463,8 @@ run_load_tests() {
     server_cpus=all wrk_cpus=all threads=2 nginx_workers=$(nproc)
   fi
 
-  local issuer_pid
-  issuer_pid=$(start_issuer "issuer-$mode" "$ISSUER_PORT" "$REPO/examples/clusters" "$server_cpus" warn)
+  start_issuer "issuer-$mode" "$ISSUER_PORT" "$REPO/examples/clusters" "$server_cpus" warn
+  local issuer_pid=$STARTED_PID
   record "issuer_${mode}_threads" "$(awk '/^Threads:/ { print $2 }' "/proc/$issuer_pid/status")"
   if [[ ! -f $WORK/jwks.json ]]; then
     curl -s --max-time 5 --cacert "$WORK/state/ca.crt" -o "$WORK/jwks.json" "https://127.0.0.1:$ISSUER_PORT/keys"
@@ -408,40 +477,20 @@ run_load_tests() {
   run_wrk "jwks_issuer_$mode" "$issuer_pid" "$wrk_cpus" "$threads" "https://127.0.0.1:$ISSUER_PORT/keys"
   record "issuer_${mode}_vmrss_kib_after_load" "$(awk '/^VmRSS:/ { print $2 }' "/proc/$issuer_pid/status")"
 
-  local nginx_pid
-  nginx_pid=$(start_nginx "$mode" "$server_cpus" "$nginx_workers")
+  start_nginx "$mode" "$server_cpus" "$nginx_workers"
+  local nginx_pid=$STARTED_PID
   if [[ $mode == pinned ]]; then
     check_same_jwks
     record_tls nginx "$NGINX_PORT"
   fi
-  # wrk's load lands on the workers; count the CPU time of the whole group.
-  run_wrk_nginx "$mode" "$nginx_pid" "$wrk_cpus" "$threads"
+  # The workers serve the requests; the master only supervises them.
+  local nginx_workers_pids
+  nginx_workers_pids=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
+  [[ -n $nginx_workers_pids ]] || fail "nginx ($nginx_pid) has no worker process; see $WORK/nginx-$mode/error.log"
+  run_wrk "jwks_nginx_$mode" "$nginx_workers_pids" "$wrk_cpus" "$threads" "https://127.0.0.1:$NGINX_PORT/keys"
 
   stop_pid "$nginx_pid"
   stop_pid "$issuer_pid"
-}
-
-# nginx serves from worker processes, so CPU time is summed over the master
-# and its children after the run, instead of read from one PID.
-run_wrk_nginx() {
-  local mode=$1 nginx_pid=$2 wrk_cpus=$3 threads=$4
-  local workers
-  workers=$(pgrep -P "$nginx_pid" | head -n 1)
-  [[ -n $workers ]] || fail "nginx ($nginx_pid) has no worker process; see $WORK/nginx-$mode/error.log"
-  if [[ $mode == pinned ]]; then
-    run_wrk "jwks_nginx_$mode" "$workers" "$wrk_cpus" "$threads" "https://127.0.0.1:$NGINX_PORT/keys"
-  else
-    # With several workers, the first worker's CPU time alone is not the
-    # server's; record it under its own name and sum all workers below.
-    local before after pid
-    before=0
-    for pid in $(pgrep -P "$nginx_pid"); do before=$((before + $(cpu_ticks_of "$pid"))); done
-    run_wrk "jwks_nginx_$mode" "$workers" "$wrk_cpus" "$threads" "https://127.0.0.1:$NGINX_PORT/keys"
-    after=0
-    for pid in $(pgrep -P "$nginx_pid"); do after=$((after + $(cpu_ticks_of "$pid"))); done
-    record "jwks_nginx_${mode}_all_workers_cpu_s" \
-      "$(awk -v a="$before" -v b="$after" -v t="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f\n", (b - a) / t }')"
-  fi
 }
 
 # Writes CLUSTER_COUNT copies of the example test-cluster manifest, each with
@@ -458,14 +507,30 @@ generate_clusters() {
 
 measure_idle_memory() {
   local name=$1 clusters_dir=$2 expected=$3
-  local pid
-  pid=$(start_issuer "memory-$name" "$MEMORY_PORT" "$clusters_dir" all info)
+  start_issuer "memory-$name" "$MEMORY_PORT" "$clusters_dir" all info
+  local pid=$STARTED_PID
   if ! grep -q "Clusters and signing keys loaded.*clusters=$expected skipped=0" "$OUT/memory-$name.log"; then
     fail "memory-$name did not log 'clusters=$expected skipped=0'; see $OUT/memory-$name.log"
   fi
   sleep "$SETTLE_SECONDS"
   record "memory_${name}_vmrss_kib" "$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")"
   record "memory_${name}_vmhwm_kib" "$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")"
+  stop_pid "$pid"
+}
+
+# Serves /keys from a one-core server with CLUSTER_COUNT clusters for
+# RESYNC_SECONDS, which spans the issuer's 30 s clusters directory resync,
+# and records the latency maximum that the rescan adds.
+run_resync_check() {
+  if ((RESYNC_SECONDS == 0)); then
+    return 0
+  fi
+  start_issuer "resync-$CLUSTER_COUNT" "$MEMORY_PORT" "$WORK/clusters-$CLUSTER_COUNT" 0 warn
+  local pid=$STARTED_PID
+  local saved_duration=$DURATION saved_connections=$CONNECTIONS
+  DURATION=$RESYNC_SECONDS CONNECTIONS=4
+  run_wrk "jwks_resync_clusters_${CLUSTER_COUNT}_pinned" "$pid" 1 1 "https://127.0.0.1:$MEMORY_PORT/keys"
+  DURATION=$saved_duration CONNECTIONS=$saved_connections
   stop_pid "$pid"
 }
 
@@ -513,6 +578,7 @@ main() {
   measure_aws_lc_sign
   run_load_tests shared
   run_memory_tests
+  run_resync_check
   summarize
   log "done; raw outputs and results.txt are in $OUT"
 }

@@ -99,7 +99,7 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
 }
 
-/// The cert-manager Certificate whose Secret holds the signing key.
+/// The cert-manager Certificate whose Secret contains the signing key.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SigningCertificate {
@@ -178,7 +178,8 @@ impl Config {
         Ok(config)
     }
 
-    /// The publication delay in effect (section "Signing keys" of the docs).
+    /// Returns the publication delay in effect: `keyPublicationDelay`, or
+    /// `jwksMaxAge` + 40s when it is not set.
     pub fn publication_delay(&self) -> Duration {
         self.key_publication_delay.unwrap_or(self.jwks_max_age + Duration::from_secs(40))
     }

@@ -92,7 +92,7 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
-/// Who receives a cluster token, and what the token says about them.
+/// The recipient of a cluster token, and the claims that describe them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSubject {
     pub subject: String,
@@ -103,7 +103,7 @@ pub struct ClusterSubject {
     pub email: Option<String>,
 }
 
-/// What a cluster token grants.
+/// The cluster and role a cluster token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterGrant {
     pub cluster_name: String,
@@ -128,7 +128,7 @@ impl std::fmt::Debug for MintedToken {
     }
 }
 
-/// Why a token could not be signed.
+/// Failure to sign a token.
 #[derive(Debug, thiserror::Error)]
 #[error("failed to sign token with key {kid}")]
 pub struct SignError {
@@ -137,7 +137,8 @@ pub struct SignError {
     source: jsonwebtoken::errors::Error,
 }
 
-/// Why a session token was rejected. Messages never include the token.
+/// Reason a token of this issuer was rejected. Messages never include the
+/// token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
     #[error("the token is not a JWT (three base64url parts with a JSON header)")]
@@ -167,7 +168,7 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    /// A short, bounded label for metrics.
+    /// Returns a short, bounded label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Malformed => "malformed",

@@ -1,8 +1,8 @@
 //! The OpenID Connect client of the upstream identity provider (Dex,
 //! Keycloak, Entra ID, ...), for `monoctl login`.
 //!
-//! Monoskope is a confidential client: it holds the client secret, while
-//! `monoctl` holds the PKCE verifier and receives the authorization code on
+//! Monoskope is a confidential client: it keeps the client secret, while
+//! `monoctl` keeps the PKCE verifier and receives the authorization code on
 //! a loopback callback. The issuer keeps no login state; the `state`
 //! parameter is a short-lived JWT of its own (see the `token` module), so any
 //! replica can finish a login that another one started.
@@ -35,7 +35,7 @@ const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// `kid`, so a flood of bad ID tokens cannot hammer the provider.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Why a login step failed. Messages never contain codes or tokens.
+/// Failure of a login step. Messages never contain codes or tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("invalid upstream configuration: {0}")]
@@ -59,8 +59,8 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Whether the user or the request caused the error (as opposed to the
-    /// provider being unreachable or misconfigured).
+    /// Returns true when the user or the request caused the error, false
+    /// when the provider is unreachable or misconfigured.
     pub fn is_client_error(&self) -> bool {
         matches!(
             self,
@@ -73,7 +73,7 @@ impl UpstreamError {
     }
 }
 
-/// Who the upstream provider says logged in.
+/// The person the upstream provider authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamIdentity {
     /// `<upstream sub>`, stable for the person.
@@ -146,7 +146,7 @@ impl Upstream {
                 move || Nonce::new(nonce),
             )
             .set_redirect_uri(Cow::Owned(redirect))
-            // RFC 7636: the challenge is monoctl's, which alone holds the verifier.
+            // RFC 7636: the challenge is monoctl's, which alone knows the verifier.
             .add_extra_param("code_challenge", code_challenge.to_string())
             .add_extra_param("code_challenge_method", "S256");
         for scope in self.config.scopes.iter().filter(|s| *s != "openid") {
@@ -211,8 +211,8 @@ impl Upstream {
         Ok(UpstreamIdentity { subject: claims.subject().as_str().to_string(), email, name, groups })
     }
 
-    /// A client from the cached discovery document, refetched when `refresh`
-    /// is set and the last fetch is old enough.
+    /// Builds a client from the cached discovery document, refetching it
+    /// when `refresh` is set and the last fetch is old enough.
     async fn client(
         &self,
         refresh: bool,

@@ -98,7 +98,7 @@ struct RenderArgs {
     /// Directory of MonoskopeCluster manifests, overriding the configuration.
     #[arg(long)]
     clusters_dir: Option<PathBuf>,
-    /// What to print.
+    /// Section to print.
     #[arg(long, value_enum, default_value = "all")]
     output: RenderOutput,
 }

@@ -3,7 +3,7 @@
 //!
 //! The request names the cluster in `audience` and the role in `scope`; the
 //! caller must be among that role's subjects. Every rejection is an RFC 6749
-//! section 5.2 error with a description that says what to change.
+//! section 5.2 error with a description of what to change.
 
 use std::collections::HashMap;
 use std::sync::Arc;

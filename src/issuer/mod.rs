@@ -36,7 +36,7 @@ use crate::upstream::Upstream;
 /// account token is about 2 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Longest time a request may take before it is answered with 408.
+/// Longest time a request may take before the issuer returns 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the handlers share.
@@ -46,7 +46,7 @@ pub struct IssuerState {
     pub metrics: Arc<Metrics>,
     /// `Cache-Control: max-age` of the JWKS and discovery documents.
     pub jwks_max_age: Duration,
-    /// The identity provider of `monoctl login`; login answers 404 without.
+    /// The identity provider of `monoctl login`. Without one, login returns 404.
     pub upstream: Option<Arc<Upstream>>,
     ready: AtomicBool,
 }
@@ -67,8 +67,8 @@ impl IssuerState {
         self
     }
 
-    /// Marks the issuer ready once its sources have been read; `/readyz`
-    /// answers 503 until then.
+    /// Marks the issuer ready once its sources have been read. `/readyz`
+    /// returns 503 until then.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }

@@ -41,7 +41,7 @@ impl CachedToken {
         Duration::from_secs((lifetime / 10).clamp(10, 300))
     }
 
-    /// Whether the token can be handed out at `now` (Unix seconds).
+    /// Returns true when the token may be handed out at `now` (Unix seconds).
     pub fn is_fresh_at(&self, now: u64) -> bool {
         self.expires_at > now + self.safety_margin().as_secs()
     }
@@ -63,7 +63,7 @@ impl CacheEntry {
         Self { path: cache_dir().join("tokens").join(format!("{key}.json")) }
     }
 
-    /// The cached token, if any. A corrupt file is discarded, not fatal.
+    /// Reads the cached token, if any. A corrupt file is removed, not fatal.
     pub fn read(&self) -> Option<CachedToken> {
         let bytes = std::fs::read(&self.path).ok()?;
         match serde_json::from_slice(&bytes) {

@@ -10,7 +10,7 @@ use serde_yaml_ng::Value;
 use super::MonoctlError;
 use crate::resource::{ClusterRoleMapping, MonoskopeCluster, MonoskopeClusterSpec, RoleSubjects, validate};
 
-/// Where the cluster's API server and CA come from.
+/// Source of the cluster's API server address and CA.
 pub enum ClusterSource<'a> {
     Kubeconfig { path: &'a Path, context: Option<&'a str> },
     Explicit { server: &'a str, ca_file: &'a Path },

@@ -47,7 +47,7 @@ impl MonoctlConfig {
         write_atomic(&path, yaml.as_bytes(), 0o600).map_err(|err| failed(err.to_string()))
     }
 
-    /// The issuer URL: `--server` if given, else the configured one.
+    /// Returns the issuer URL: `--server` if given, else the configured one.
     pub fn server(&self, flag: Option<&str>) -> Result<String, MonoctlError> {
         let server = flag.map(str::to_string).or_else(|| self.server.clone()).ok_or(MonoctlError::NoServer)?;
         Ok(server.trim_end_matches('/').to_string())

@@ -77,7 +77,7 @@ async fn refresh(client: &IssuerClient, request: &CredentialRequest) -> Result<C
     Ok(CachedToken { token: reply.access_token, issued_at, expires_at: issued_at + reply.expires_in })
 }
 
-/// Logs in again only when kubectl says a person is at the terminal;
+/// Logs in again only when kubectl reports a person at the terminal;
 /// otherwise fails at once, so CI jobs and IDEs never open a browser.
 async fn login_if_interactive(client: &IssuerClient, request: &CredentialRequest) -> Result<Session, MonoctlError> {
     let known = Session::load(client.server()).is_some();
@@ -102,8 +102,8 @@ pub fn is_interactive() -> bool {
         .unwrap_or(false)
 }
 
-/// A `client.authentication.k8s.io/v1` ExecCredential with the token and
-/// its expiry, so kubectl calls again just before it expires.
+/// Formats a `client.authentication.k8s.io/v1` ExecCredential with the
+/// token and its expiry, so kubectl calls again just before it expires.
 pub fn exec_credential(token: &CachedToken) -> String {
     let expiry = jiff::Timestamp::from_second(token.expires_at as i64).map(|t| t.to_string()).unwrap_or_default();
     json!({

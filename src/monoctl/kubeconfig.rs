@@ -31,7 +31,7 @@ impl ContextEntry {
     }
 }
 
-/// The kubeconfig to write: `--kubeconfig`, else the first path of
+/// Returns the kubeconfig to write: `--kubeconfig`, else the first path of
 /// `$KUBECONFIG` (as kubectl writes to the first), else `~/.kube/config`.
 pub fn target_path(flag: Option<&Path>) -> PathBuf {
     if let Some(path) = flag {

@@ -16,7 +16,7 @@ use super::client::IssuerClient;
 use super::session::Session;
 use crate::api::{AuthExchangeRequest, AuthUrlRequest};
 
-/// How a login runs.
+/// Options of a login.
 #[derive(Debug, Clone)]
 pub struct LoginOptions {
     /// Print the URL instead of opening a browser.
@@ -27,7 +27,7 @@ pub struct LoginOptions {
     pub callback_port: u16,
 }
 
-/// What the browser delivered to the callback.
+/// Code and state the browser delivered to the callback, or an error.
 type CallbackResult = Result<(String, String), String>;
 
 /// Runs the whole login and stores the session. Messages go to stderr,

@@ -40,7 +40,7 @@ fn home_dir() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// A short file-name-safe digest of `parts`, used to key cache entries by
+/// Returns a short file-name-safe digest of `parts`, used to key cache entries by
 /// issuer, user, cluster and role without putting them in file names.
 pub fn cache_key(parts: &[&str]) -> String {
     let mut hasher = Sha256::new();

@@ -49,7 +49,7 @@ impl Session {
         write_atomic(&path, &json, 0o600).map_err(failed)
     }
 
-    /// Whether the session is still valid at `now` (Unix seconds).
+    /// Returns true when the session is still valid at `now` (Unix seconds).
     pub fn is_valid_at(&self, now: u64) -> bool {
         self.expires_at > now + 10
     }

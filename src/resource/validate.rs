@@ -117,7 +117,7 @@ fn check_ca_bundle(bundle: &str, errors: &mut Vec<FieldError>) {
             errors.push(error(
                 FIELD,
                 format!(
-                    "PEM block {} is a {:?}, not a CERTIFICATE: the bundle holds CA certificates only",
+                    "PEM block {} is a {:?}, not a CERTIFICATE: the bundle must contain CA certificates only",
                     index + 1,
                     block.label
                 ),

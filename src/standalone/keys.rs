@@ -2,7 +2,7 @@
 //! (`tls.key`, optional `tls.crt`), with the rotation history persisted in
 //! the state directory (`signing-keys.json`, mode 0600).
 //!
-//! The directory holds only the newest key. The history file holds what the
+//! The directory contains only the newest key. The history file contains what the
 //! rotation rules need beyond it: the previous private key, which keeps
 //! signing during the publication delay, and the retired public keys that
 //! stay published until their tokens have expired.
@@ -33,7 +33,7 @@ pub enum KeySourceError {
     Key { path: PathBuf, source: KeyError },
     #[error("key history {path} is unreadable: fix or remove it (removing it unpublishes retired keys)")]
     History { path: PathBuf, detail: String },
-    #[error("key history {path} holds an invalid key")]
+    #[error("key history {path} contains an invalid key")]
     Restore { path: PathBuf, source: RestoreError },
     #[error("failed to write key history {path}")]
     Write { path: PathBuf, source: std::io::Error },
@@ -41,7 +41,7 @@ pub enum KeySourceError {
     NoKey { path: PathBuf, history: PathBuf, source: Box<KeySourceError> },
 }
 
-/// Where the keys come from and where their history goes.
+/// Key directory and state directory of the signing keys.
 #[derive(Debug, Clone)]
 pub struct KeyFiles {
     pub key_dir: PathBuf,
@@ -133,7 +133,7 @@ pub struct KeyManager {
 }
 
 impl KeyManager {
-    /// Loads the keys and writes the history, so a restart sees the same set.
+    /// Loads the keys and writes the history, so a restart finds the same set.
     pub fn start(
         files: KeyFiles,
         metrics: Arc<Metrics>,
