@@ -9,8 +9,8 @@
 #      static file over TLS with the same certificate.
 #   3. VmRSS of the idle server with 1,000 cluster manifests and with the 2
 #      example clusters.
-#   4. GET /keys latency on one core with 1,000 clusters, across the 30 s
-#      clusters directory resync.
+#   4. GET /keys latency on one core across the 30 s clusters directory
+#      resync, with the 2 example clusters and with 1,000 clusters.
 #
 # Each load test runs twice: "pinned" puts the server (or nginx) on CPU 0
 # and wrk on CPU 1, "shared" lets both use every CPU.
@@ -18,7 +18,8 @@
 # Usage: bench/run.sh [OUTPUT_DIR]
 # Raw outputs and results.txt go to OUTPUT_DIR (default: a new directory
 # under /tmp, printed at the end). Needs wrk, nginx, openssl, curl, taskset
-# and cargo; on Debian: apt-get install -y wrk nginx-light curl util-linux.
+# and cargo; on Debian: apt-get install -y wrk nginx curl util-linux
+# iproute2 procps.
 #
 # Settings (environment variables):
 #   DURATION=20            seconds of each measured wrk run
@@ -28,8 +29,8 @@
 #   SIGN_SECONDS=5         seconds of each bench/rsa-sign mode
 #   CLUSTER_COUNT=1000     manifests generated for the memory test
 #   SETTLE_SECONDS=5       idle wait before VmRSS is read
-#   RESYNC_SECONDS=35      GET /keys run across the 30 s clusters resync
-#                          with CLUSTER_COUNT clusters (0 skips it)
+#   RESYNC_SECONDS=35      seconds of each GET /keys run across the 30 s
+#                          clusters resync (0 skips both runs)
 #   QUIET_WAIT=300         seconds to wait for other processes to go idle
 #                          before each measurement
 #   BASE_PORT=18443        first of the three loopback ports used
@@ -122,11 +123,11 @@ aim_status() {
 
 require_tools() {
   local tool missing=()
-  for tool in wrk nginx openssl curl taskset cargo awk sed ss; do
+  for tool in wrk nginx openssl curl taskset cargo awk sed ss pgrep git; do
     command -v "$tool" >/dev/null || missing+=("$tool")
   done
   if ((${#missing[@]} > 0)); then
-    fail "missing tools: ${missing[*]} (Debian: apt-get install -y wrk nginx-light curl util-linux iproute2)"
+    fail "missing tools: ${missing[*]} (Debian: apt-get install -y wrk nginx curl util-linux iproute2 procps)"
   fi
   if (($(nproc) < 2)); then
     fail "this benchmark pins the server and wrk to CPUs 0 and 1, but nproc is $(nproc)"
@@ -204,7 +205,8 @@ measure_rsa_baselines() {
   record openssl_sign_per_s_multi2 "$(openssl_sign_rate "$OUT/openssl-multi2.txt")"
 }
 
-# Needs the dev signing key, so it runs after the first server start.
+# Measures the aws-lc-rs signing rates with the dev signing key, so it runs
+# after the first server start has generated that key.
 measure_aws_lc_sign() {
   local der=$WORK/signing-key.der
   openssl rsa -in "$WORK/state/signing/tls.key" -traditional -outform DER -out "$der" 2>/dev/null
@@ -218,7 +220,7 @@ measure_aws_lc_sign() {
 }
 
 # Starts `monoskope serve --dev` on CPUS ("all" for no pinning), waits
-# until /readyz answers 200, and sets STARTED_PID.
+# until /readyz returns 200, and sets STARTED_PID.
 start_issuer() {
   local name=$1 port=$2 clusters_dir=$3 cpus=$4 log_level=$5
   local command=("$WORK/monoskope" serve --dev --listen "127.0.0.1:$port" --state-dir "$WORK/state"
@@ -232,7 +234,7 @@ start_issuer() {
   wait_ready "$name" "https://127.0.0.1:$port/readyz" "$STARTED_PID"
 }
 
-# Polls URL (at most 100 times, 0.1 s apart) until it answers 200.
+# Polls URL (at most 100 times, 0.1 s apart) until it returns 200.
 wait_ready() {
   local name=$1 url=$2 pid=$3 attempt
   for attempt in $(seq 1 100); do
@@ -255,7 +257,8 @@ start_nginx() {
   local dir=$WORK/nginx-$name
   mkdir -p "$dir/www" "$dir/temp"
   cp "$WORK/jwks.json" "$dir/www/keys"
-  # Workers run as nobody when the master is root, so they need to reach www/.
+  # Workers run as the `nobody` user when the master runs as root, so www/
+  # must be readable by others.
   chmod 755 "$WORK" "$dir" "$dir/www"
   chmod 644 "$dir/www/keys"
   cat >"$dir/nginx.conf" <<EOF
@@ -445,7 +448,8 @@ record_tls() {
     awk -F': ' '/^(Protocol version|Ciphersuite|Server Temp Key):/ { printf "%s%s", sep, $2; sep = ", " }')"
 }
 
-# Compares the JWKS response headers and body of both servers.
+# Saves the JWKS response headers of both servers and fails unless both
+# return the same body.
 check_same_jwks() {
   curl -s --max-time 5 --cacert "$WORK/state/ca.crt" -D "$OUT/jwks-headers-issuer.txt" \
     -o "$WORK/jwks-issuer.json" "https://127.0.0.1:$ISSUER_PORT/keys"
@@ -518,20 +522,39 @@ measure_idle_memory() {
   stop_pid "$pid"
 }
 
-# Serves /keys from a one-core server with CLUSTER_COUNT clusters for
-# RESYNC_SECONDS, which spans the issuer's 30 s clusters directory resync,
-# and records the latency maximum that the rescan adds.
+# Serves /keys from a one-core server for RESYNC_SECONDS, which spans the
+# issuer's 30 s clusters directory resync, once with the 2 example clusters
+# and once with CLUSTER_COUNT clusters. The resync scans the directory on a
+# runtime worker, so the difference in maximum latency is the scan's stall.
 run_resync_check() {
   if ((RESYNC_SECONDS == 0)); then
     return 0
   fi
-  start_issuer "resync-$CLUSTER_COUNT" "$MEMORY_PORT" "$WORK/clusters-$CLUSTER_COUNT" 0 warn
-  local pid=$STARTED_PID
   local saved_duration=$DURATION saved_connections=$CONNECTIONS
   DURATION=$RESYNC_SECONDS CONNECTIONS=4
-  run_wrk "jwks_resync_clusters_${CLUSTER_COUNT}_pinned" "$pid" 1 1 "https://127.0.0.1:$MEMORY_PORT/keys"
+  local name dir pid
+  for name in examples "$CLUSTER_COUNT"; do
+    dir=$WORK/clusters-$name
+    [[ $name == examples ]] && dir=$REPO/examples/clusters
+    start_issuer "resync-$name" "$MEMORY_PORT" "$dir" 0 warn
+    pid=$STARTED_PID
+    run_wrk "jwks_resync_clusters_${name}_pinned" "$pid" 1 1 "https://127.0.0.1:$MEMORY_PORT/keys"
+    stop_pid "$pid"
+  done
   DURATION=$saved_duration CONNECTIONS=$saved_connections
-  stop_pid "$pid"
+}
+
+# Records the mean wall time of `monoskope render` over 5 runs. It scans the
+# whole clusters directory once, as each resync does, so the difference
+# between CLUSTER_COUNT clusters and the examples estimates one scan.
+time_cluster_scan() {
+  local name=$1 dir=$2 cluster=$3 run started total=0
+  for run in 1 2 3 4 5; do
+    started=$(date +%s%N)
+    "$WORK/monoskope" render "$cluster" --state-dir "$WORK/state" --clusters-dir "$dir" --output flags >/dev/null
+    total=$((total + $(date +%s%N) - started))
+  done
+  record "render_clusters_${name}_ms" "$(awk -v ns="$total" 'BEGIN { printf "%.1f\n", ns / 5 / 1e6 }')"
 }
 
 run_memory_tests() {
@@ -539,6 +562,8 @@ run_memory_tests() {
   log "idle memory with $CLUSTER_COUNT clusters, then with the 2 examples"
   measure_idle_memory "clusters_$CLUSTER_COUNT" "$WORK/clusters-$CLUSTER_COUNT" "$CLUSTER_COUNT"
   measure_idle_memory clusters_examples "$REPO/examples/clusters" 2
+  time_cluster_scan "$CLUSTER_COUNT" "$WORK/clusters-$CLUSTER_COUNT" bench-cluster-$(printf '%0*d' ${#CLUSTER_COUNT} 1)
+  time_cluster_scan examples "$REPO/examples/clusters" test-cluster
 }
 
 # Reads a recorded value back from results.txt.
