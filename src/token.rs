@@ -130,11 +130,16 @@ impl std::fmt::Debug for MintedToken {
 
 /// Failure to sign a token.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to sign token with key {kid}")]
+#[error("failed to sign token with key {kid}: {detail}")]
 pub struct SignError {
     kid: String,
-    #[source]
-    source: jsonwebtoken::errors::Error,
+    detail: String,
+}
+
+impl SignError {
+    fn new(kid: &str, detail: String) -> Self {
+        Self { kid: kid.to_string(), detail }
+    }
 }
 
 /// Reason a token of this issuer was rejected. Messages never include the
@@ -267,6 +272,8 @@ impl TokenIssuer {
         self.sign(&claims, jti, exp, grant.lifetime)
     }
 
+    /// Signs `claims` as a compact JWS (RFC 7515 section 7.1) with the
+    /// current signing key.
     fn sign<T: Serialize>(
         &self,
         claims: &T,
@@ -280,8 +287,13 @@ impl TokenIssuer {
         header.kid = Some(key.kid().to_string());
         header.typ = Some("JWT".into());
 
-        let token = jsonwebtoken::encode(&header, claims, key.encoding_key())
-            .map_err(|source| SignError { kid: key.kid().to_string(), source })?;
+        let encode = |value: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value);
+        let header_json = serde_json::to_vec(&header).map_err(|err| SignError::new(key.kid(), err.to_string()))?;
+        let claims_json = serde_json::to_vec(claims).map_err(|err| SignError::new(key.kid(), err.to_string()))?;
+        let signing_input = format!("{}.{}", encode(header_json), encode(claims_json));
+        let signature =
+            key.sign(signing_input.as_bytes()).map_err(|_| SignError::new(key.kid(), "signing failed".into()))?;
+        let token = format!("{signing_input}.{}", encode(signature));
         key.record_expiry(exp);
 
         let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(exp);

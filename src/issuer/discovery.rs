@@ -70,6 +70,9 @@ fn cacheable(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|candidate| candidate.trim() == etag || candidate.trim() == "*"));
     if not_modified {
+        // RFC 9110 section 8.6: a 304 may carry Content-Length only with the
+        // length of the 200 response, never the 0 of its empty body.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
     (headers, body).into_response()

@@ -3,7 +3,10 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
+};
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use pkcs8::der::asn1::ObjectIdentifier;
@@ -49,13 +52,24 @@ pub enum KeyError {
     CertificateMismatch,
 }
 
+/// The parsed private key, kept for signing.
+///
+/// jsonwebtoken 12 re-parses and re-validates the key on every signature,
+/// which cost two thirds of the token endpoint's time (bench/run.sh, profiled
+/// with perf). Monoskope signs with a key pair parsed once at load instead,
+/// and uses jsonwebtoken for JWKs and verification.
+enum Signer {
+    Rsa(RsaKeyPair),
+    Ecdsa(EcdsaKeyPair),
+}
+
 /// A private key that signs tokens, with its public JWK.
 ///
 /// `Debug` never prints the private key.
 pub struct SigningKey {
     kid: String,
     algorithm: Algorithm,
-    encoding: EncodingKey,
+    signer: Signer,
     public_jwk: Jwk,
     private_pem: String,
     latest_expiry: AtomicU64,
@@ -97,8 +111,9 @@ impl SigningKey {
             check_certificate_matches(cert_pem, &public_jwk)?;
         }
 
+        let signer = signer_for(algorithm, &encoding)?;
         let private_pem = String::from_utf8_lossy(key_pem).into_owned();
-        Ok(Self { kid, algorithm, encoding, public_jwk, private_pem, latest_expiry: AtomicU64::new(0) })
+        Ok(Self { kid, algorithm, signer, public_jwk, private_pem, latest_expiry: AtomicU64::new(0) })
     }
 
     /// RFC 7638 JWK thumbprint (SHA-256) of the public key: the same on
@@ -121,8 +136,19 @@ impl SigningKey {
         &self.private_pem
     }
 
-    pub(crate) fn encoding_key(&self) -> &EncodingKey {
-        &self.encoding
+    /// Signs `message` (the JWS signing input) with the key's algorithm:
+    /// RSASSA-PKCS1-v1_5 with SHA-256, or ECDSA in the fixed-size `r || s`
+    /// form that RFC 7518 section 3.4 requires.
+    pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, aws_lc_rs::error::Unspecified> {
+        let rng = SystemRandom::new();
+        match &self.signer {
+            Signer::Rsa(pair) => {
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign(&RSA_PKCS1_SHA256, &rng, message, &mut signature)?;
+                Ok(signature)
+            }
+            Signer::Ecdsa(pair) => Ok(pair.sign(&rng, message)?.as_ref().to_vec()),
+        }
     }
 
     /// Records that a token expiring at `exp` (Unix seconds) was signed, so
@@ -135,6 +161,23 @@ impl SigningKey {
     pub(crate) fn latest_expiry(&self) -> u64 {
         self.latest_expiry.load(Ordering::Relaxed)
     }
+}
+
+/// Parses the key pair once from the DER that jsonwebtoken's encoding key
+/// holds: PKCS#1 for RSA, PKCS#8 for EC.
+fn signer_for(algorithm: Algorithm, encoding: &EncodingKey) -> Result<Signer, KeyError> {
+    let der = encoding.as_bytes();
+    let signer = match algorithm {
+        Algorithm::RS256 => RsaKeyPair::from_der(der).map(Signer::Rsa).map_err(|e| e.to_string()),
+        Algorithm::ES256 => EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+            .map(Signer::Ecdsa)
+            .map_err(|e| e.to_string()),
+        Algorithm::ES384 => EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, der)
+            .map(Signer::Ecdsa)
+            .map_err(|e| e.to_string()),
+        other => return Err(KeyError::Unsupported(format!("for algorithm {other:?}"))),
+    };
+    signer.map_err(KeyError::Malformed)
 }
 
 fn pkcs8_key(der: &[u8]) -> Result<(Algorithm, EncodingKey), KeyError> {
