@@ -13,20 +13,27 @@
 #
 # Needs: a dev state directory (run `monoskope serve --dev` once), the
 # kube-apiserver binary of scripts/kube-apiserver/build.sh, etcd
-# (Debian's etcd-server), kubectl and openssl. Listens on loopback only.
+# (Debian's etcd-server), kubectl and openssl. Listens on loopback only, on
+# ports LOCAL_API_PORT (16443), LOCAL_ETCD_PORT (12379) and
+# LOCAL_ETCD_PEER_PORT (12380). MONOSKOPE_DEV_STATE selects another dev state
+# directory (default .monoskope-dev).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 dir=.monoskope-local
 dev_state=${MONOSKOPE_DEV_STATE:-.monoskope-dev}
-api_port=16443
-etcd_port=12379
+api_port=${LOCAL_API_PORT:-16443}
+etcd_port=${LOCAL_ETCD_PORT:-12379}
+etcd_peer_port=${LOCAL_ETCD_PEER_PORT:-12380}
 
 stop() {
   for name in kube-apiserver etcd; do
     if [ -f "$dir/$name.pid" ]; then
-      kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
+      local pid
+      pid=$(cat "$dir/$name.pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
       rm -f "$dir/$name.pid"
     fi
   done
@@ -92,7 +99,7 @@ mapfile -t oidc_flags < <("$monoskope" render local-cluster --state-dir "$dev_st
   --clusters-dir "$dir/clusters" --output flags)
 
 "$etcd" --data-dir "$dir/etcd-data" --listen-client-urls "http://127.0.0.1:$etcd_port" \
-  --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls http://127.0.0.1:12380 \
+  --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
   > "$dir/etcd.log" 2>&1 &
 echo $! > "$dir/etcd.pid"
 
@@ -116,12 +123,20 @@ contexts: [{name: local-admin, context: {cluster: local-cluster, user: local-adm
 current-context: local-admin
 EOF
 
+fail() {
+  echo "$1; see $dir/$2.log:" >&2
+  tail -20 "$dir/$2.log" >&2
+  stop
+  exit 1
+}
 for _ in $(seq 1 120); do
   kubectl --kubeconfig "$dir/admin.kubeconfig" get --raw /readyz >/dev/null 2>&1 && break
+  kill -0 "$(cat "$dir/etcd.pid")" 2>/dev/null || fail "etcd exited (is port $etcd_port or $etcd_peer_port in use?)" etcd
+  kill -0 "$(cat "$dir/kube-apiserver.pid")" 2>/dev/null || fail "kube-apiserver exited (is port $api_port in use?)" kube-apiserver
   sleep 0.5
 done
-kubectl --kubeconfig "$dir/admin.kubeconfig" get --raw /readyz >/dev/null || {
-  echo "kube-apiserver did not become ready; see $dir/kube-apiserver.log" >&2; tail -20 "$dir/kube-apiserver.log" >&2; exit 1; }
+kubectl --kubeconfig "$dir/admin.kubeconfig" get --raw /readyz >/dev/null 2>&1 ||
+  fail "kube-apiserver did not become ready within 60 s" kube-apiserver
 
 # The built-in view role stays empty without a controller manager, so the
 # default role binds a ClusterRole of its own.
@@ -134,12 +149,18 @@ EOF
 "$monoskope" render local-cluster --state-dir "$dev_state" --clusters-dir "$dir/clusters" --output rbac \
   | kubectl --kubeconfig "$dir/admin.kubeconfig" apply -f - > /dev/null
 
+issuer=$(sed -n 's/^issuer: *//p' "$dev_state/config.yaml")
+listen=$(sed -n 's/^listen: *//p' "$dev_state/config.yaml")
 cat <<EOF
-kube-apiserver is running at https://127.0.0.1:$api_port with these flags from monoskope render:
+kube-apiserver is running at https://127.0.0.1:$api_port and trusts the issuer $issuer,
+with these flags from monoskope render:
 $(printf '  %s\n' "${oidc_flags[@]}")
 
-Serve the dev issuer with this clusters directory (and your --upstream-* flags):
-  cargo run --release --bin monoskope -- serve --dev --clusters-dir $dir/clusters ...
-Then: monoctl login, monoctl create kubeconfig, kubectl --context local-cluster-default get namespaces.
-The OIDC authenticator starts about 10 seconds after the API server. Stop with: $0 down
+Serve the dev issuer on the same address, with this clusters directory (and
+your --upstream-* flags), then run monoctl create kubeconfig again:
+  cargo run --release --bin monoskope -- serve --dev --listen $listen --clusters-dir $dir/clusters ...
+  kubectl --context local-cluster-default get namespaces
+The OIDC authenticator starts about 10 seconds after the API server. Each
+'up' creates a new CA, so rerun monoctl create kubeconfig after it.
+Stop with: $0 down
 EOF

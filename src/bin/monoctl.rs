@@ -64,8 +64,12 @@ enum GetCommand {
     Clusters,
     /// Print an ExecCredential for kubectl (used by kubeconfig entries).
     ClusterCredentials {
+        /// Cluster name, as `monoctl get clusters` lists it.
         cluster: String,
+        /// Role on that cluster, such as `default`.
         role: String,
+        /// Options of the login that runs when the session has expired and
+        /// kubectl reports an interactive terminal.
         #[command(flatten)]
         login: LoginArgs,
     },
@@ -225,7 +229,8 @@ async fn run_online(command: Command, server: Option<String>, ca_file: Option<Pa
             let merged = kubeconfig::merge(kubeconfig::read(&path)?, &entries, &exec_command);
             kubeconfig::write(&path, &merged)?;
 
-            println!("kubeconfig {} updated with {} contexts:", path.display(), entries.len());
+            let noun = if entries.len() == 1 { "context" } else { "contexts" };
+            println!("kubeconfig {} updated with {} {noun}:", path.display(), entries.len());
             for entry in &entries {
                 println!("  {}", entry.name());
             }
@@ -251,7 +256,11 @@ fn logout(server: Option<&str>) -> Result<(), MonoctlError> {
     let removed = cache::clear_all()
         .map_err(|source| MonoctlError::Cache { path: monoskope::monoctl::paths::cache_dir(), source })?;
     let target = server.map(|s| format!(" from {s}")).unwrap_or_default();
-    println!("Logged out{target}: removed the session and {removed} cached files.");
+    match removed {
+        0 => println!("Logged out{target}: there was no session or cached token."),
+        1 => println!("Logged out{target}: removed 1 session or cached token."),
+        n => println!("Logged out{target}: removed {n} sessions and cached tokens."),
+    }
     Ok(())
 }
 

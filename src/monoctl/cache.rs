@@ -98,7 +98,8 @@ impl CacheEntry {
     }
 }
 
-/// Removes every cached token and lock file; `monoctl logout` calls it.
+/// Removes every session, cached token and lock file, and returns how many
+/// sessions and tokens there were; `monoctl logout` calls it.
 pub fn clear_all() -> std::io::Result<usize> {
     let mut removed = 0;
     for dir in ["tokens", "sessions"] {
@@ -109,8 +110,11 @@ pub fn clear_all() -> std::io::Result<usize> {
             Err(err) => return Err(err),
         };
         for entry in entries {
-            std::fs::remove_file(entry?.path())?;
-            removed += 1;
+            let path = entry?.path();
+            std::fs::remove_file(&path)?;
+            if path.extension().is_some_and(|ext| ext == "json") {
+                removed += 1;
+            }
         }
     }
     Ok(removed)

@@ -62,9 +62,10 @@ impl IssuerClient {
         self.send(request).await.map_err(|err| match err {
             MonoctlError::Issuer { code, description } => match code.as_str() {
                 "invalid_target" => MonoctlError::UnknownCluster { cluster: cluster.into() },
-                "invalid_scope" => {
-                    MonoctlError::NoAccess { cluster: cluster.into(), role: role.into(), detail: description }
+                "invalid_scope" if description.contains("has no role") => {
+                    MonoctlError::Issuer { code, description: format!("{description}: run `monoctl get clusters`") }
                 }
+                "invalid_scope" => MonoctlError::NoAccess { cluster: cluster.into(), role: role.into() },
                 "invalid_grant" if description.contains("expired") => {
                     MonoctlError::SessionExpired { server: self.server.clone() }
                 }

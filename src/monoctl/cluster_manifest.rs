@@ -60,8 +60,11 @@ pub fn cluster_manifest(name: &str, namespace: &str, source: ClusterSource<'_>) 
 
 /// Reads the server and CA of a context (the current one by default).
 fn from_kubeconfig(path: &Path, context: Option<&str>) -> Result<(String, String), MonoctlError> {
-    let invalid = |message: String| MonoctlError::Kubeconfig { path: path.into(), message };
-    let config = super::kubeconfig::read(path)?;
+    let invalid = |message: String| MonoctlError::SourceKubeconfig { path: path.into(), message };
+    if !path.is_file() {
+        return Err(invalid("not found: pass an existing kubeconfig file".into()));
+    }
+    let config = super::kubeconfig::read(path).map_err(|err| invalid(err.to_string()))?;
 
     let context_name = match context {
         Some(name) => name.to_string(),

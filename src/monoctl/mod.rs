@@ -38,8 +38,10 @@ pub enum MonoctlError {
     SessionExpired { server: String },
     #[error("unknown cluster {cluster:?}: run `monoctl get clusters` to list the clusters you may use")]
     UnknownCluster { cluster: String },
-    #[error("no access to role {role:?} of cluster {cluster:?}: {detail}")]
-    NoAccess { cluster: String, role: String, detail: String },
+    #[error("no access to role {role:?} of cluster {cluster:?}: ask your platform team to add you to that role")]
+    NoAccess { cluster: String, role: String },
+    #[error("cannot use kubeconfig {path}: {message}")]
+    SourceKubeconfig { path: PathBuf, message: String },
     #[error("the issuer rejected the request ({code}): {description}")]
     Issuer { code: String, description: String },
     #[error("login failed: {0}")]
