@@ -400,3 +400,37 @@ mod login_api {
         );
     }
 }
+
+#[test]
+fn transport_errors_say_what_to_do() {
+    let server = TestServer::start("rsa-0.key", Timing::default());
+    let monoctl = Monoctl::new(&server);
+
+    let closed = format!("https://127.0.0.1:{}", support::free_port());
+    let unreachable = monoctl.run(&["login", "--no-browser", "--timeout", "5s", "--server", &closed]);
+    assert!(!unreachable.status.success());
+    assert!(text(&unreachable.stderr).contains("cannot reach the issuer at"), "{}", text(&unreachable.stderr));
+
+    // The issuer's CA is not passed, so its certificate is not trusted.
+    let untrusted = monoctl.run(&["login", "--no-browser", "--timeout", "5s", "--server", &server.issuer]);
+    assert!(!untrusted.status.success());
+    assert!(text(&untrusted.stderr).contains("pass --ca-file"), "{}", text(&untrusted.stderr));
+
+    let no_upstream = monoctl.run(&[
+        "login",
+        "--no-browser",
+        "--timeout",
+        "5s",
+        "--server",
+        &server.issuer,
+        "--ca-file",
+        server.tls.ca_file.to_str().unwrap(),
+    ]);
+    assert!(!no_upstream.status.success());
+    assert!(
+        text(&no_upstream.stderr).contains("no upstream identity provider configured"),
+        "{}",
+        text(&no_upstream.stderr)
+    );
+    assert!(monoctl.session_files().is_empty());
+}
