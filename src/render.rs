@@ -159,7 +159,11 @@ fn signing_algs(settings: &IssuerSettings) -> Vec<String> {
     if settings.algorithms.is_empty() {
         return vec!["RS256".into()];
     }
-    settings.algorithms.iter().map(|a| format!("{a:?}")).collect()
+    // A fixed order, so that rendering twice gives the same text.
+    let mut algorithms: Vec<String> = settings.algorithms.iter().map(|a| format!("{a:?}")).collect();
+    algorithms.sort_by_key(|a| ["RS256", "ES256", "ES384"].iter().position(|known| known == a).unwrap_or(usize::MAX));
+    algorithms.dedup();
+    algorithms
 }
 
 fn to_yaml(value: &serde_json::Value) -> String {

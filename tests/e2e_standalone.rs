@@ -115,6 +115,21 @@ fn manifests_reload_without_restart() {
     assert_eq!(server.exchange(&session, "test-cluster", "default").0, 200);
     assert!(server.metrics().contains("monoskope_invalid_clusters 1"));
 
+    // A new file claiming an existing cluster name does not take it over,
+    // even when its name sorts first.
+    let duplicate = std::fs::read_to_string(server.clusters_dir.join("test-cluster.yaml"))
+        .unwrap()
+        .replace("name: test-cluster\n  namespace", "name: impostor\n  namespace")
+        .replace("tokenLifetime: 12h", "tokenLifetime: 2h");
+    std::fs::write(server.clusters_dir.join("aaa-impostor.yaml"), duplicate).unwrap();
+    wait_for("the conflict report", Duration::from_secs(5), || server.log().contains("ClusterNameConflict"));
+    assert!(server.log().contains("aaa-impostor.yaml"), "the newer file is the one reported");
+    assert_eq!(
+        server.exchange(&session, "test-cluster", "default").1["expires_in"],
+        43200,
+        "the first file keeps the name"
+    );
+
     std::fs::remove_file(server.clusters_dir.join("staging.yaml")).unwrap();
     wait_for("the cluster removal", Duration::from_secs(5), || {
         server.exchange(&session, "staging", "default").1["error"] == "invalid_target"

@@ -104,8 +104,18 @@ fn parse_cluster(value: serde_yaml_ng::Value) -> Result<Cluster, String> {
         ));
     }
 
-    let resource: MonoskopeCluster =
-        serde_yaml_ng::from_value(value).map_err(|err| format!("invalid manifest: {err}"))?;
+    // An unknown field is most often a misspelt one (`tokenLifeTime`), whose
+    // value would otherwise be replaced by a default without a word.
+    let mut unknown = Vec::new();
+    let resource: MonoskopeCluster = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
+        .map_err(|err| format!("invalid manifest: {err}"))?;
+    // The derived type reads apiVersion and kind without storing them, and
+    // metadata follows Kubernetes' ObjectMeta, which has more than it keeps.
+    let known_elsewhere = |path: &str| path == "apiVersion" || path == "kind" || path.starts_with("metadata.");
+    let unknown: Vec<String> = unknown.into_iter().filter(|path| !known_elsewhere(path)).collect();
+    if !unknown.is_empty() {
+        return Err(format!("unknown field {}: check the spelling against `monoskope crd`", unknown.join(", ")));
+    }
     Cluster::from_resource(resource).map_err(|err| format!("invalid: {err}"))
 }
 
@@ -167,6 +177,17 @@ mod tests {
         let bad_message = &scan.problems[&dir.path().join("bad.yaml").display().to_string()];
         assert!(bad_message.contains("spec.apiServerAddress"), "{bad_message}");
         assert!(scan.problems[&dir.path().join("broken.yml").display().to_string()].contains("YAML"));
+    }
+
+    #[test]
+    fn misspelt_field_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = example("test-cluster.yaml").replacen("tokenLifetime: 5m", "tokenLifeTime: 5m", 1);
+        std::fs::write(dir.path().join("typo.yaml"), typo).unwrap();
+        let scan = scan(dir.path()).unwrap();
+        let message = scan.problems.values().next().unwrap();
+        assert!(message.contains("spec.roles.2.tokenLifeTime"), "{message}");
+        assert!(scan.clusters.is_empty());
     }
 
     #[test]

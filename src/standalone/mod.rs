@@ -14,7 +14,7 @@ pub mod dev;
 mod files;
 mod keys;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,7 @@ pub struct Standalone {
     pub state: Arc<IssuerState>,
     key_manager: KeyManager,
     problems: BTreeMap<String, String>,
+    first_seen: HashMap<String, i64>,
 }
 
 impl Standalone {
@@ -65,7 +66,9 @@ impl Standalone {
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new());
 
-        let scan = scan_clusters(&config.clusters_dir).map_err(StandaloneError::Clusters)?;
+        let mut first_seen = HashMap::new();
+        let mut scan = scan_clusters(&config.clusters_dir).map_err(StandaloneError::Clusters)?;
+        stamp_first_seen(&mut scan, &mut first_seen);
         let problems = apply_scan(&registry, scan);
         report_problems(&BTreeMap::new(), &problems);
         record_cluster_metrics(&metrics, &registry, &problems);
@@ -101,7 +104,7 @@ impl Standalone {
             signing_kid = %key_manager.store().load().signing().kid(),
             "Clusters and signing keys loaded"
         );
-        Ok(Self { config, state, key_manager, problems })
+        Ok(Self { config, state, key_manager, problems, first_seen })
     }
 
     pub fn keys(&self) -> Arc<KeyStore> {
@@ -120,10 +123,11 @@ impl Standalone {
         shutdown: impl Future<Output = ()> + Send + 'static,
         on_listening: impl FnOnce(SocketAddr) + Send + 'static,
     ) -> Result<(), StandaloneError> {
-        let Standalone { config, state, key_manager, problems } = self;
+        let Standalone { config, state, key_manager, problems, first_seen } = self;
 
         let keys_task = tokio::spawn(key_manager.run());
-        let clusters_task = tokio::spawn(watch_clusters(config.clusters_dir.clone(), state.clone(), problems));
+        let clusters_task =
+            tokio::spawn(watch_clusters(config.clusters_dir.clone(), state.clone(), problems, first_seen));
 
         let server = Server {
             addr: config.listen,
@@ -154,7 +158,12 @@ pub fn issuer_settings(config: &Config, keys: &KeyStore) -> Result<IssuerSetting
     })
 }
 
-async fn watch_clusters(dir: PathBuf, state: Arc<IssuerState>, mut problems: BTreeMap<String, String>) {
+async fn watch_clusters(
+    dir: PathBuf,
+    state: Arc<IssuerState>,
+    mut problems: BTreeMap<String, String>,
+    mut first_seen: HashMap<String, i64>,
+) {
     let mut watch = match DirectoryWatch::new(std::slice::from_ref(&dir), CLUSTERS_RESYNC) {
         Ok(watch) => watch,
         Err(err) => {
@@ -172,7 +181,8 @@ async fn watch_clusters(dir: PathBuf, state: Arc<IssuerState>, mut problems: BTr
         let scanned = tokio::task::spawn_blocking(move || scan_clusters(&scan_dir)).await;
         let Ok(scanned) = scanned else { continue };
         match scanned {
-            Ok(scan) => {
+            Ok(mut scan) => {
+                stamp_first_seen(&mut scan, &mut first_seen);
                 let latest = apply_scan(&state.registry, scan);
                 report_problems(&problems, &latest);
                 record_cluster_metrics(&state.metrics, &state.registry, &latest);
@@ -188,6 +198,26 @@ async fn watch_clusters(dir: PathBuf, state: Arc<IssuerState>, mut problems: BTr
         }
         if before != state.registry.clusters() {
             tracing::info!(clusters = state.registry.len(), "Clusters reloaded");
+        }
+    }
+}
+
+/// Gives manifests without `metadata.creationTimestamp` the time this
+/// process first read them, so that of two files claiming one cluster name
+/// the one that was there first keeps it, not the one whose name sorts
+/// first. Files read at start-up share one time; the file name decides
+/// between them.
+///
+/// The stamp is the time in seconds, but always later than every earlier
+/// stamp, so two scans within one second still order their files.
+fn stamp_first_seen(scan: &mut DirectoryScan, first_seen: &mut HashMap<String, i64>) {
+    let now = crate::keys::unix_seconds(std::time::SystemTime::now()) as i64;
+    let present: std::collections::HashSet<&String> = scan.clusters.iter().map(|(source, _)| source).collect();
+    first_seen.retain(|source, _| present.contains(source));
+    let stamp = first_seen.values().max().map_or(now, |latest| now.max(latest + 1));
+    for (source, cluster) in &mut scan.clusters {
+        if cluster.created.is_none() {
+            cluster.created = Some(*first_seen.entry(source.clone()).or_insert(stamp));
         }
     }
 }
