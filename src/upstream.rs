@@ -24,6 +24,7 @@ use serde::Deserialize;
 use tokio::sync::RwLock;
 
 use crate::config::UpstreamConfig;
+use crate::errors::error_chain;
 
 /// Timeout of every request to the upstream provider.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -371,20 +372,6 @@ fn read_groups(id_token: &str, claim: &str) -> Vec<String> {
         Some(Ok(Groups::One(group))) => vec![group],
         _ => Vec::new(),
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

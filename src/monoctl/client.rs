@@ -10,6 +10,7 @@ use crate::api::{
     AuthExchangeRequest, AuthExchangeResponse, AuthUrlRequest, AuthUrlResponse, ClusterList, ErrorResponse,
     GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT, TokenResponse,
 };
+use crate::errors::error_chain;
 
 /// Timeout of every request to the issuer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -124,18 +125,4 @@ impl IssuerClient {
         }
         MonoctlError::Unreachable { server: self.server.clone(), detail: chain }
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -6,9 +6,9 @@
 //! | configuration | `$XDG_CONFIG_HOME/monoskope/monoctl.yaml` (`~/.config/…`) | `MONOCTL_CONFIG` |
 //! | session and cluster tokens | `$XDG_CACHE_HOME/monoskope/` (`~/.cache/…`) | `MONOCTL_CACHE_DIR` |
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -63,24 +63,7 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes `contents` to `path` atomically with `mode`: a temporary file in
-/// the same directory, synced, then renamed over the target.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), uuid::Uuid::new_v4().simple()));
-
-    let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
-}
+pub use crate::files::write_atomic;
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,8 @@
 //! Atomic file writes with explicit permissions.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 /// Writes a file readable only by its owner (0600), in a 0700 directory.
@@ -15,26 +15,14 @@ pub fn write_public(path: &Path, contents: &[u8]) -> io::Result<()> {
     write_atomic(path, contents, 0o644, 0o755)
 }
 
-/// Writes to a temporary file in the same directory, syncs it and renames
-/// it over `path`, so readers see the old or the new contents, never a mix.
+/// Creates the parent directory with `dir_mode` when missing, then writes
+/// atomically.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32, dir_mode: u32) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.exists() {
         fs::DirBuilder::new().recursive(true).mode(dir_mode).create(dir)?;
     }
-
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&temp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
+    crate::files::write_atomic(path, contents, mode)
 }
 
 #[cfg(test)]
