@@ -9,7 +9,7 @@
 # local-cluster.yaml), renders the kube-apiserver flags for local-cluster
 # with `monoskope render`, starts etcd and kube-apiserver with them, and
 # applies the rendered RBAC. Serve the dev issuer with
-# `--clusters-dir .monoskope-local/clusters` so that it knows the cluster.
+# `--clusters-dir .monoskope-local/clusters` so that it registers the cluster.
 #
 # Needs: a dev state directory (run `monoskope serve --dev` once), the
 # kube-apiserver binary of scripts/kube-apiserver/build.sh, etcd

@@ -48,7 +48,7 @@ pub enum Caller {
     ServiceAccount { namespace: String, name: String },
 }
 
-/// Why a role was not granted.
+/// Reason a role was not granted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccessError {
     #[error("unknown cluster {0:?}: run `monoctl get clusters` to list the clusters you may use")]
@@ -115,7 +115,7 @@ impl Cluster {
 }
 
 impl Role {
-    /// Whether `caller` is among the subjects of this role.
+    /// Returns true when `caller` is among the subjects of this role.
     pub fn admits(&self, caller: &Caller) -> bool {
         match caller {
             Caller::Person { email, groups } => {
@@ -169,13 +169,13 @@ impl Registry {
         entries.recompute_owners();
     }
 
-    /// The cluster registered under `name`.
+    /// Returns the cluster registered under `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
         let entries = self.read();
         entries.owners.get(name).and_then(|source| entries.by_source.get(source)).cloned()
     }
 
-    /// Every cluster that owns its name, sorted by name.
+    /// Returns every cluster that owns its name, sorted by name.
     pub fn clusters(&self) -> Vec<Arc<Cluster>> {
         let entries = self.read();
         let mut clusters: Vec<_> =
@@ -229,8 +229,8 @@ impl Registry {
         Ok((cluster, found))
     }
 
-    /// The clusters where `caller` may obtain at least one role, each with
-    /// those roles.
+    /// Returns the clusters where `caller` may obtain at least one role,
+    /// each with those roles.
     pub fn accessible(&self, caller: &Caller) -> Vec<(Arc<Cluster>, Vec<Role>)> {
         self.clusters()
             .into_iter()
@@ -241,7 +241,7 @@ impl Registry {
             .collect()
     }
 
-    /// The longest token lifetime of any role, which bounds how long a
+    /// Returns the maximum token lifetime of any role, which bounds how long a
     /// retired signing key must stay published.
     pub fn max_token_lifetime(&self) -> Duration {
         let entries = self.read();

@@ -1,4 +1,4 @@
-//! What a target cluster needs to trust the issuer: kube-apiserver flags, a
+//! Rendering of what a target cluster needs to trust the issuer: kube-apiserver flags, a
 //! structured `AuthenticationConfiguration`, a Gardener `oidcConfig` snippet
 //! and the RBAC bindings of its roles.
 //!
@@ -55,7 +55,7 @@ pub fn render(cluster: &Cluster, settings: &IssuerSettings) -> Rendered {
     }
 }
 
-/// The legacy `--oidc-*` flags of kube-apiserver.
+/// Renders the legacy `--oidc-*` flags of kube-apiserver.
 pub fn api_server_flags(cluster: &Cluster, settings: &IssuerSettings) -> Vec<String> {
     let spec = &cluster.resource.spec;
     let mut flags = vec![
@@ -74,7 +74,7 @@ pub fn api_server_flags(cluster: &Cluster, settings: &IssuerSettings) -> Vec<Str
     flags
 }
 
-/// An `apiserver.config.k8s.io/v1beta1` AuthenticationConfiguration
+/// Renders an `apiserver.config.k8s.io/v1beta1` AuthenticationConfiguration
 /// (kube-apiserver 1.30 and later, `--authentication-config`).
 pub fn authentication_config(cluster: &Cluster, settings: &IssuerSettings) -> String {
     let spec = &cluster.resource.spec;
@@ -97,7 +97,7 @@ pub fn authentication_config(cluster: &Cluster, settings: &IssuerSettings) -> St
     to_yaml(&document)
 }
 
-/// A Gardener Shoot fragment: `spec.kubernetes.kubeAPIServer.oidcConfig`.
+/// Renders a Gardener Shoot fragment: `spec.kubernetes.kubeAPIServer.oidcConfig`.
 pub fn gardener_oidc_config(cluster: &Cluster, settings: &IssuerSettings) -> String {
     let spec = &cluster.resource.spec;
     let mut oidc = json!({
@@ -116,7 +116,7 @@ pub fn gardener_oidc_config(cluster: &Cluster, settings: &IssuerSettings) -> Str
     to_yaml(&json!({"spec": {"kubernetes": {"kubeAPIServer": {"oidcConfig": oidc}}}}))
 }
 
-/// One ClusterRoleBinding per role, from the group `<groupsPrefix><role>` to
+/// Renders one ClusterRoleBinding per role, from the group `<groupsPrefix><role>` to
 /// the role's ClusterRole, as a multi-document YAML stream.
 pub fn rbac(cluster: &Cluster) -> String {
     let spec = &cluster.resource.spec;

@@ -3,7 +3,7 @@
 //!
 //! Monoskope is a confidential client: it keeps the client secret, while
 //! `monoctl` keeps the PKCE verifier and receives the authorization code on
-//! a loopback callback. The issuer keeps no login state; the `state`
+//! a loopback callback. The issuer keeps no login state. The `state`
 //! parameter is a short-lived JWT of its own (see the `token` module), so any
 //! replica can finish a login that another one started.
 //!
@@ -84,6 +84,17 @@ pub struct UpstreamIdentity {
     pub groups: Vec<String>,
 }
 
+/// A client built from discovery: authorization URL set, token and user
+/// info URLs as the provider's document lists them.
+type DiscoveredClient = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
 struct Discovered {
     metadata: CoreProviderMetadata,
     fetched: Instant,
@@ -98,7 +109,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Reads the client secret and prepares an HTTP client; discovery
+    /// Reads the client secret and prepares an HTTP client. Discovery
     /// happens on first use, so a provider that is down does not stop the
     /// issuer from starting.
     pub fn new(config: UpstreamConfig) -> Result<Self, UpstreamError> {
@@ -147,7 +158,7 @@ impl Upstream {
                 move || Nonce::new(nonce),
             )
             .set_redirect_uri(Cow::Owned(redirect))
-            // RFC 7636: the challenge is monoctl's, which alone knows the verifier.
+            // RFC 7636: the challenge is monoctl's, which alone has the verifier.
             .add_extra_param("code_challenge", code_challenge.to_string())
             .add_extra_param("code_challenge_method", "S256");
         for scope in self.config.scopes.iter().filter(|s| *s != "openid") {
@@ -214,20 +225,7 @@ impl Upstream {
 
     /// Builds a client from the cached discovery document, refetching it
     /// when `refresh` is set and the last fetch is old enough.
-    async fn client(
-        &self,
-        refresh: bool,
-    ) -> Result<
-        CoreClient<
-            openidconnect::EndpointSet,
-            openidconnect::EndpointNotSet,
-            openidconnect::EndpointNotSet,
-            openidconnect::EndpointNotSet,
-            openidconnect::EndpointMaybeSet,
-            openidconnect::EndpointMaybeSet,
-        >,
-        UpstreamError,
-    > {
+    async fn client(&self, refresh: bool) -> Result<DiscoveredClient, UpstreamError> {
         {
             let cached = self.discovered.read().await;
             if let Some(discovered) = cached.as_ref()
@@ -249,17 +247,7 @@ impl Upstream {
         Ok(self.client_from(metadata))
     }
 
-    fn client_from(
-        &self,
-        metadata: CoreProviderMetadata,
-    ) -> CoreClient<
-        openidconnect::EndpointSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointMaybeSet,
-        openidconnect::EndpointMaybeSet,
-    > {
+    fn client_from(&self, metadata: CoreProviderMetadata) -> DiscoveredClient {
         CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.config.client_id.clone()),

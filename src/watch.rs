@@ -33,7 +33,7 @@ impl DirectoryWatch {
             // reload reads the files, so reacting to reads would loop.
             let is_change = event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_)));
             if is_change {
-                // A full channel already holds a pending notification.
+                // A full channel already contains a pending notification.
                 let _ = sender.try_send(());
             }
         })?;

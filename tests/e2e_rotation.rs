@@ -1,6 +1,6 @@
-//! Key rotation on a running server, checked with PyJWT: a new key is
-//! published at once and signs only after the publication delay, tokens
-//! issued before keep verifying, a restart changes nothing, and the old key
+//! Key rotation on a running server, checked with PyJWT. A new key is
+//! published at once and signs only after the publication delay. Tokens
+//! issued before keep verifying, and a restart changes nothing. The old key
 //! leaves the JWKS once its tokens have expired.
 
 mod support;

@@ -1,5 +1,5 @@
 //! The issuer's routes called in-process: every rejection has its exact
-//! status and RFC 6749 error code, and the router keeps answering after each.
+//! status and RFC 6749 error code, and the router keeps serving after each.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -317,7 +317,8 @@ async fn discovery_and_jwks_are_cacheable() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[header::CACHE_CONTROL], "public, max-age=300");
         let etag = headers[header::ETAG].to_str().unwrap().to_string();
-        assert!(etag.starts_with('"') && etag.len() > 10, "{etag}");
+        assert!(etag.starts_with('"'), "{etag}");
+        assert!(etag.len() > 10, "{etag}");
         assert!(json.is_object());
 
         let conditional = Request::get(path).header(header::IF_NONE_MATCH, &etag).body(Body::empty()).unwrap();

@@ -46,7 +46,7 @@ pub async fn openid_configuration(State(state): State<Arc<IssuerState>>, headers
     cacheable(&state, &headers, &etag, "application/json", body)
 }
 
-/// Answers with `Cache-Control: public, max-age=N` and an ETag, or 304 when
+/// Builds a response with `Cache-Control: public, max-age=N` and an ETag, or 304 when
 /// the client already has this version.
 fn cacheable(
     state: &IssuerState,

@@ -21,7 +21,8 @@ use crate::api::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_
 use crate::registry::Caller;
 use crate::token::{ClusterGrant, ClusterSubject};
 
-/// The parameters of a token exchange request, each present at most once.
+/// The parameters of a token exchange request. `parse_form` rejects a
+/// repeated parameter before building it.
 struct ExchangeRequest {
     subject_token: String,
     cluster: String,

@@ -36,7 +36,7 @@ use crate::upstream::Upstream;
 /// account token is about 2 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Longest time a request may take before the issuer returns 408.
+/// Maximum time a request may take before the issuer returns 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the handlers share.

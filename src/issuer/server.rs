@@ -33,7 +33,7 @@ pub enum ServeError {
     Listen { addr: SocketAddr, source: std::io::Error },
 }
 
-/// Where and how the issuer listens.
+/// Listen address and TLS files of the issuer.
 pub struct Server {
     pub addr: SocketAddr,
     pub tls: Option<TlsFiles>,

@@ -72,7 +72,7 @@ impl PublishedKeys {
         self.verifiers.len()
     }
 
-    /// The JWKS document as served on `/keys`.
+    /// Returns the JWKS document as served on `/keys`.
     pub fn jwks_json(&self) -> &bytes::Bytes {
         &self.jwks_json
     }

@@ -55,7 +55,7 @@ struct Retired {
     unpublish_at: SystemTime,
 }
 
-/// What a call changed, for logs, events and metrics.
+/// Change made by a call, for logs, events and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyChange {
     /// A new key is published and will sign from `signs_from`.
@@ -83,7 +83,7 @@ impl KeySet {
         Self { signing: Arc::new(key), pending: None, retired: Vec::new() }
     }
 
-    /// The key that signs new tokens now.
+    /// Returns the key that signs new tokens now.
     pub fn signing(&self) -> &Arc<SigningKey> {
         &self.signing
     }
@@ -165,7 +165,7 @@ impl KeySet {
         [pending, retired].into_iter().flatten().min()
     }
 
-    /// The state to store, including private keys.
+    /// Returns the state to store, including private keys.
     pub fn to_persisted(&self) -> PersistedKeys {
         PersistedKeys {
             version: PERSISTED_VERSION,
@@ -204,8 +204,8 @@ impl KeySet {
     }
 }
 
-/// A retired key stays published until every token it signed has expired:
-/// its last signature plus the longest possible lifetime, or the latest
+/// Computes when a retired key leaves the JWKS, once every token it signed
+/// has expired: its last signature plus the maximum lifetime, or the latest
 /// `exp` actually issued if that is later, plus leeway.
 fn retirement_deadline(key: &SigningKey, now: SystemTime, policy: &RotationPolicy) -> SystemTime {
     let by_policy = now + policy.retention;
@@ -213,7 +213,7 @@ fn retirement_deadline(key: &SigningKey, now: SystemTime, policy: &RotationPolic
     by_policy.max(by_issued)
 }
 
-/// Why a stored key state could not be restored.
+/// Reason a stored key state could not be restored.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error("unsupported key state version {0}")]

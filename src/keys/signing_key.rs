@@ -24,7 +24,7 @@ const OID_ED448: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.113");
 /// Smallest RSA modulus accepted, in bits (NIST SP 800-131A).
 const MIN_RSA_BITS: usize = 2048;
 
-/// Why a PEM file could not become a signing key. No variant carries key
+/// Reason a PEM file could not become a signing key. No variant carries key
 /// bytes, so these errors are safe to log.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

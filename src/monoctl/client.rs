@@ -113,7 +113,10 @@ impl IssuerClient {
             }),
             Err(_) => Err(MonoctlError::Issuer {
                 code: status.as_u16().to_string(),
-                description: format!("{} answered HTTP {status}; is this a Monoskope issuer?", self.server),
+                description: format!(
+                    "{} returned HTTP {status}: check that --server names a Monoskope issuer",
+                    self.server
+                ),
             }),
         }
     }

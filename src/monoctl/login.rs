@@ -59,7 +59,7 @@ pub async fn login(client: &IssuerClient, options: &LoginOptions) -> Result<Sess
     let (code, state) = match outcome {
         Err(_) => {
             return Err(MonoctlError::Login(format!(
-                "no answer from the browser within {}s: run `monoctl login` again",
+                "timed out after {}s waiting for the browser: run `monoctl login` again",
                 options.timeout.as_secs()
             )));
         }

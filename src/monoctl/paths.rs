@@ -1,4 +1,4 @@
-//! Where monoctl keeps its configuration, session and token cache, and the
+//! Locations of monoctl's configuration, session and token cache, and the
 //! private-file helpers they share.
 //!
 //! | what | default | override |

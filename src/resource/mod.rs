@@ -6,9 +6,9 @@
 //! is what `kubectl explain monoskopeclusters.spec` shows.
 //!
 //! The schema carries every check the API server can enforce on apply
-//! (OpenAPI patterns and CEL rules); [`validate`] repeats them in Rust, adds
-//! what CEL cannot express (X.509 parsing), and is what the standalone mode
-//! and the operator run on every resource they load.
+//! (OpenAPI patterns and CEL rules). [`validate`] repeats them in Rust and
+//! adds what CEL cannot express (X.509 parsing). The standalone mode and the
+//! operator run it on every resource they load.
 
 mod validate;
 
@@ -124,7 +124,7 @@ pub struct ClusterRoleMapping {
         .message("tokenLifetime must be between 1m and 24h"))]
     pub token_lifetime: String,
 
-    /// Who may obtain this role.
+    /// Subjects that may obtain this role.
     #[serde(default)]
     pub subjects: RoleSubjects,
 }

@@ -16,7 +16,7 @@ use super::{MAX_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME, MonoskopeCluster};
 pub struct FieldError {
     /// Path of the field, such as `spec.roles[1].tokenLifetime`.
     pub field: String,
-    /// What is wrong and how to fix it.
+    /// Description of the problem and its fix.
     pub message: String,
 }
 

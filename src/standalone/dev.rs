@@ -93,7 +93,7 @@ pub fn prepare(state_dir: &Path, listen: SocketAddr, clusters_dir: &Path) -> Res
     Ok(config)
 }
 
-/// The host in the issuer URL: the listen address, or loopback when
+/// Returns the host of the issuer URL: the listen address, or loopback when
 /// listening on all interfaces.
 fn issuer_host(ip: IpAddr) -> IpAddr {
     match ip {

@@ -175,8 +175,8 @@ async fn watch_clusters(
     loop {
         watch.changed().await;
         let before = state.registry.clusters();
-        // Reading and validating 1,000 manifests takes about 70 ms; keep it
-        // off the threads that answer requests.
+        // Reading and validating 1,000 manifests takes about 70 ms, so it
+        // runs off the threads that serve requests.
         let scan_dir = dir.clone();
         let scanned = tokio::task::spawn_blocking(move || scan_clusters(&scan_dir)).await;
         let Ok(scanned) = scanned else { continue };

@@ -30,7 +30,7 @@ pub fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clusters")
 }
 
-/// A free loopback port.
+/// Returns a free loopback port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -250,7 +250,7 @@ impl TestServer {
         json["access_token"].as_str().unwrap().to_string()
     }
 
-    /// The `kid`s in the JWKS, in order.
+    /// Returns the `kid`s in the JWKS, in order.
     pub fn published_kids(&self) -> Vec<String> {
         let jwks: serde_json::Value = self.client().get(self.url("/keys")).send().unwrap().json().unwrap();
         jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect()
@@ -272,7 +272,7 @@ pub fn https_client(ca_file: &Path) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(10)).build().unwrap()
 }
 
-/// The `kid` in a JWT's header.
+/// Returns the `kid` in a JWT's header.
 pub fn token_kid(token: &str) -> String {
     header(token)["kid"].as_str().unwrap().to_string()
 }
@@ -291,7 +291,7 @@ fn decode_part(token: &str, index: usize) -> serde_json::Value {
     serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
-/// Polls `check` every 100 ms until it holds or `timeout` passes.
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
 pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
@@ -300,9 +300,9 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
-/// Decides whether a test that needs an external tool runs: it does when
-/// the tool is there; otherwise it is skipped with a message, except under
-/// `CI=true`, where the missing tool fails the test.
+/// Returns whether a test that needs an external tool runs. A missing tool
+/// skips the test with a message, except under `CI=true`, where it fails
+/// the test.
 pub fn require_tool(name: &str, available: bool, how: &str) -> bool {
     if available {
         return true;

@@ -27,7 +27,7 @@ fn upstream_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream")
 }
 
-/// Whether `node` and the provider's `node_modules` are installed.
+/// Returns whether `node` and the provider's `node_modules` are installed.
 pub fn available() -> bool {
     let node = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
     node && upstream_dir().join("node_modules/oidc-provider").is_dir()
