@@ -23,6 +23,7 @@ pub mod issuer;
 pub mod keys;
 pub mod metrics;
 pub mod monoctl;
+pub mod operator;
 pub mod registry;
 pub mod render;
 pub mod resource;

@@ -45,6 +45,22 @@ pub struct Metrics {
     pub clusters: Gauge,
     pub invalid_clusters: Gauge,
     pub request_duration: Family<RequestLabels, Histogram>,
+    /// Seconds since the signing key started signing.
+    pub signing_key_age: Gauge,
+    /// `notAfter` of the signing certificate, in Unix seconds.
+    pub certificate_not_after: Gauge,
+    /// `renewalTime` of the signing certificate, in Unix seconds.
+    pub certificate_renewal_time: Gauge,
+    /// 1 on the replica that holds the leader lease.
+    pub leader: Gauge,
+    /// Reconciles of `MonoskopeCluster` resources, by result.
+    pub reconciles: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -64,6 +80,11 @@ impl Metrics {
         let key_reload_errors = Counter::default();
         let clusters = Gauge::default();
         let invalid_clusters = Gauge::default();
+        let signing_key_age = Gauge::default();
+        let certificate_not_after = Gauge::default();
+        let certificate_renewal_time = Gauge::default();
+        let leader = Gauge::default();
+        let reconciles = Family::<ResultLabels, Counter>::default();
         let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0])
         });
@@ -94,8 +115,35 @@ impl Metrics {
             request_duration.clone(),
         );
 
+        registry.register(
+            "signing_key_age_seconds",
+            "Seconds since the signing key started signing",
+            signing_key_age.clone(),
+        );
+        registry.register(
+            "signing_certificate_not_after_timestamp_seconds",
+            "notAfter of the cert-manager signing certificate, in Unix seconds",
+            certificate_not_after.clone(),
+        );
+        registry.register(
+            "signing_certificate_renewal_timestamp_seconds",
+            "renewalTime of the cert-manager signing certificate, in Unix seconds",
+            certificate_renewal_time.clone(),
+        );
+        registry.register("leader", "1 on the replica that holds the leader lease, else 0", leader.clone());
+        registry.register(
+            "cluster_reconciles",
+            "Reconciles of MonoskopeCluster resources, by result",
+            reconciles.clone(),
+        );
+
         Self {
             registry,
+            signing_key_age,
+            certificate_not_after,
+            certificate_renewal_time,
+            leader,
+            reconciles,
             tokens_issued,
             sessions_issued,
             exchange_failures,

@@ -184,6 +184,25 @@ impl Registry {
         clusters
     }
 
+    /// Returns the cluster of one source, whether or not it owns its name.
+    pub fn by_source(&self, source: &str) -> Option<Arc<Cluster>> {
+        self.read().by_source.get(source).cloned()
+    }
+
+    /// Returns the source that owns the cluster name `name`.
+    pub fn owner(&self, name: &str) -> Option<String> {
+        self.read().owners.get(name).cloned()
+    }
+
+    /// Returns every source that claims the cluster name `name`, owner or not.
+    pub fn sources_named(&self, name: &str) -> Vec<String> {
+        let entries = self.read();
+        let mut sources: Vec<String> =
+            entries.by_source.iter().filter(|(_, c)| c.name == name).map(|(s, _)| s.clone()).collect();
+        sources.sort();
+        sources
+    }
+
     pub fn len(&self) -> usize {
         self.read().owners.len()
     }

@@ -12,6 +12,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
+use crate::config::Config;
 use crate::registry::Cluster;
 
 /// Claim that carries the user name (`--oidc-username-claim`).
@@ -34,6 +35,34 @@ pub struct IssuerSettings {
     /// PEM of the issuer's CA certificate, for the structured configuration
     /// and Gardener, which embed it.
     pub ca_pem: Option<String>,
+}
+
+/// The issuer CA file named by `issuerCAFile` cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to read the issuer CA file {}", path.display())]
+pub struct IssuerCaError {
+    pub path: std::path::PathBuf,
+    pub source: std::io::Error,
+}
+
+impl IssuerSettings {
+    /// Settings of the issuer described by `config`, whose published keys
+    /// use `algorithms`. Reads `issuerCAFile` when it is set.
+    pub fn from_config(config: &Config, algorithms: Vec<Algorithm>) -> Result<Self, IssuerCaError> {
+        let ca_pem = match &config.issuer_ca_file {
+            Some(path) => {
+                Some(std::fs::read_to_string(path).map_err(|source| IssuerCaError { path: path.clone(), source })?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            issuer: config.issuer.clone(),
+            client_id: config.client_id.clone(),
+            algorithms,
+            ca_file: config.issuer_ca_file.as_ref().map(|p| p.display().to_string()),
+            ca_pem,
+        })
+    }
 }
 
 /// Everything rendered for one cluster.

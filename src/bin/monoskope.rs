@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
 use monoskope::config::{Config, UpstreamConfig, go_duration};
+use monoskope::operator::{self, LeaseSettings, OperatorOptions};
 use monoskope::registry::Registry;
 use monoskope::render::{self, IssuerSettings};
 use monoskope::resource::MonoskopeCluster;
@@ -33,6 +34,9 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator in Kubernetes: reconcile MonoskopeClusters, follow
+    /// the cert-manager signing key, and serve the issuer.
+    Run(RunArgs),
     /// Serve the issuer from files: cluster manifests and a signing key.
     Serve(ServeArgs),
     /// Print the MonoskopeCluster CustomResourceDefinition as YAML.
@@ -77,6 +81,37 @@ struct ServeArgs {
     /// File holding the client secret of Monoskope at the identity provider.
     #[arg(long, requires = "upstream_issuer")]
     upstream_client_secret_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Configuration file (YAML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Namespace whose MonoskopeClusters are reconciled, overriding
+    /// watchNamespace; "" for all namespaces.
+    #[arg(long, env = "MONOSKOPE_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address to listen on, overriding the configuration.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Name of the Lease that elects the leader.
+    #[arg(long, env = "MONOSKOPE_LEASE_NAME", default_value = "monoskope-operator")]
+    lease_name: String,
+    /// Namespace of the Lease [default: the signing certificate's namespace].
+    #[arg(long, env = "MONOSKOPE_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// How long the Lease is valid without renewal, as a Go duration.
+    #[arg(long, value_parser = go_duration::parse, default_value = "15s")]
+    lease_duration: std::time::Duration,
+    /// Identity of this replica in the Lease [default: $POD_NAME, else the
+    /// host name].
+    #[arg(long)]
+    identity: Option<String>,
+    /// Secret, in the signing certificate's namespace, that records the
+    /// published signing keys.
+    #[arg(long, default_value = "monoskope-signing-keys")]
+    key_history_secret: String,
 }
 
 #[derive(clap::Args)]
@@ -135,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
+        Command::Run(args) => run_operator(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Crd => {
             print!("{}", serde_yaml_ng::to_string(&MonoskopeCluster::crd())?);
@@ -199,6 +235,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("issuer stopped")?;
     Ok(())
+}
+
+async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let identity = match args.identity.or_else(|| std::env::var("POD_NAME").ok().filter(|n| !n.is_empty())) {
+        Some(identity) => identity,
+        None => host_name().context("cannot tell this replica's identity: set --identity or POD_NAME")?,
+    };
+    let options = OperatorOptions {
+        watch_namespace: args.namespace.unwrap_or_else(|| config.watch_namespace.clone()),
+        lease: LeaseSettings {
+            name: args.lease_name,
+            namespace: args.lease_namespace.unwrap_or_else(|| config.signing_certificate.namespace.clone()),
+            identity,
+            duration: args.lease_duration,
+        },
+        history_secret: args.key_history_secret,
+    };
+    operator::run(config, options, shutdown_signal(), |addr| tracing::info!(%addr, "Issuer listening"))
+        .await
+        .context("operator stopped")?;
+    Ok(())
+}
+
+fn host_name() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").context("failed to read the host name")?;
+    Ok(name.trim().to_string())
 }
 
 fn apply_overrides(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {

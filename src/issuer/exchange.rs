@@ -2,7 +2,9 @@
 //! token.
 //!
 //! The request names the cluster in `audience` and the role in `scope`; the
-//! caller must be among that role's subjects. Every rejection is an RFC 6749
+//! caller must be among that role's subjects. The subject token is a
+//! session token of this issuer or, when the operator runs the issuer, a
+//! Kubernetes service-account token, told apart by its `iss` claim. Every rejection is an RFC 6749
 //! section 5.2 error with a description of what to change.
 
 use std::collections::HashMap;
@@ -16,7 +18,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{IssuerState, MAX_BODY_BYTES, OAuthError};
+use super::{IssuerState, MAX_BODY_BYTES, OAuthError, ReviewError};
 use crate::api::{GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, TokenResponse};
 use crate::registry::Caller;
 use crate::token::{ClusterGrant, ClusterSubject};
@@ -34,7 +36,7 @@ pub async fn token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match exchange(&state, &headers, body) {
+    match exchange(&state, &headers, body).await {
         Ok(response) => response,
         Err(error) => {
             state.metrics.record_failure(error.code, error.reason);
@@ -44,7 +46,7 @@ pub async fn token(
     }
 }
 
-fn exchange(
+async fn exchange(
     state: &IssuerState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -56,16 +58,9 @@ fn exchange(
     })?;
     let request = parse_form(&body)?;
 
-    let session = state.tokens.verify_session(&request.subject_token).map_err(|e| OAuthError::invalid_grant(&e))?;
-    let caller = Caller::Person { email: session.email.clone(), groups: session.groups.clone() };
+    let (caller, subject) = authenticate(state, &request.subject_token).await?;
     let (cluster, role) = state.registry.authorize(&request.cluster, &request.role, &caller)?;
 
-    let subject = ClusterSubject {
-        subject: session.sub.clone(),
-        username: session.email.to_lowercase(),
-        name: session.name.clone(),
-        email: Some(session.email.to_lowercase()),
-    };
     let grant = ClusterGrant {
         cluster_name: cluster.name.clone(),
         cluster_id: cluster.id.clone(),
@@ -106,6 +101,61 @@ fn exchange(
     Ok(response)
 }
 
+/// Identifies the caller from the subject token: a session token of this
+/// issuer, or a service-account token checked by the API server.
+async fn authenticate(state: &IssuerState, token: &str) -> Result<(Caller, ClusterSubject), OAuthError> {
+    if let Some(reviewer) = &state.service_accounts
+        && unverified_issuer(token).is_some_and(|iss| iss != state.tokens.issuer())
+    {
+        let account = reviewer.review(token).await.map_err(|err| review_error(&err))?;
+        let username = account.username();
+        let subject = ClusterSubject { subject: username.clone(), username, name: None, email: None };
+        return Ok((Caller::ServiceAccount { namespace: account.namespace, name: account.name }, subject));
+    }
+
+    let session = state.tokens.verify_session(token).map_err(|e| OAuthError::invalid_grant(&e))?;
+    let subject = ClusterSubject {
+        subject: session.sub.clone(),
+        username: session.email.to_lowercase(),
+        name: session.name.clone(),
+        email: Some(session.email.to_lowercase()),
+    };
+    Ok((Caller::Person { email: session.email, groups: session.groups }, subject))
+}
+
+/// Reads the `iss` claim without verifying anything, only to choose how to
+/// verify the token.
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims["iss"].as_str().map(str::to_string)
+}
+
+fn review_error(error: &ReviewError) -> OAuthError {
+    match error {
+        ReviewError::Rejected(_) => OAuthError {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            code: "invalid_grant",
+            reason: "service_account_rejected",
+            description: format!("{error}; request a new token for the audience this issuer expects"),
+        },
+        ReviewError::NotServiceAccount(_) => OAuthError {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            code: "invalid_grant",
+            reason: "not_service_account",
+            description: format!("{error}; people exchange the session token of `monoctl login`"),
+        },
+        ReviewError::Unavailable(_) => OAuthError {
+            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            code: "temporarily_unavailable",
+            reason: "review_unavailable",
+            description: format!("{error}; try again shortly"),
+        },
+    }
+}
+
 fn check_content_type(headers: &HeaderMap) -> Result<(), OAuthError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let media_type = content_type.split(';').next().unwrap_or_default().trim();
@@ -138,7 +188,8 @@ fn parse_form(body: &[u8]) -> Result<ExchangeRequest, OAuthError> {
         return Err(OAuthError::unsupported_grant_type(&grant_type));
     }
 
-    let subject_token = take("subject_token").ok_or_else(|| missing("subject_token", "your session token"))?;
+    let subject_token =
+        take("subject_token").ok_or_else(|| missing("subject_token", "your session token or service-account token"))?;
     let subject_token_type = take("subject_token_type").ok_or_else(|| missing("subject_token_type", TOKEN_TYPE_JWT))?;
     if subject_token_type != TOKEN_TYPE_JWT {
         return Err(OAuthError::invalid_request(

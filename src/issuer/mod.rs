@@ -11,6 +11,7 @@ mod error;
 mod exchange;
 mod login;
 mod server;
+mod service_account;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use error::OAuthError;
 pub use server::{ServeError, Server, TlsFiles};
+pub use service_account::{ReviewError, ReviewFuture, ServiceAccount, ServiceAccountReviewer};
 
 use crate::metrics::{Metrics, RequestLabels};
 use crate::registry::Registry;
@@ -48,6 +50,9 @@ pub struct IssuerState {
     pub jwks_max_age: Duration,
     /// The identity provider of `monoctl login`. Without one, login returns 404.
     pub upstream: Option<Arc<Upstream>>,
+    /// Checks service-account tokens. Without one, `/token` accepts only
+    /// session tokens.
+    pub service_accounts: Option<Arc<dyn ServiceAccountReviewer>>,
     ready: AtomicBool,
 }
 
@@ -58,12 +63,26 @@ impl IssuerState {
         metrics: Arc<Metrics>,
         jwks_max_age: Duration,
     ) -> Self {
-        Self { tokens, registry, metrics, jwks_max_age, upstream: None, ready: AtomicBool::new(false) }
+        Self {
+            tokens,
+            registry,
+            metrics,
+            jwks_max_age,
+            upstream: None,
+            service_accounts: None,
+            ready: AtomicBool::new(false),
+        }
     }
 
     /// Enables `monoctl login` through `upstream`.
     pub fn with_upstream(mut self, upstream: Arc<Upstream>) -> Self {
         self.upstream = Some(upstream);
+        self
+    }
+
+    /// Accepts service-account tokens at `/token`, checked by `reviewer`.
+    pub fn with_service_accounts(mut self, reviewer: Arc<dyn ServiceAccountReviewer>) -> Self {
+        self.service_accounts = Some(reviewer);
         self
     }
 

@@ -102,6 +102,23 @@ impl KeyStore {
     }
 }
 
+impl KeyChange {
+    /// Logs the change at info level, for operators following a rotation.
+    pub fn log(&self) {
+        match self {
+            KeyChange::Published { kid, signs_from } => {
+                let wait = signs_from.duration_since(std::time::SystemTime::now()).unwrap_or_default().as_secs();
+                tracing::info!(%kid, signs_in_seconds = wait, "New signing key published; it signs after the publication delay");
+            }
+            KeyChange::Withdrawn { kid } => tracing::info!(%kid, "Pending signing key withdrawn before it signed"),
+            KeyChange::Activated { kid, previous } => {
+                tracing::info!(%kid, %previous, "Signing key rotated; the previous key stays published until its tokens expire")
+            }
+            KeyChange::Unpublished { kid } => tracing::info!(%kid, "Retired signing key removed from the JWKS"),
+        }
+    }
+}
+
 fn jwk_algorithm(jwk: &Jwk) -> Option<Algorithm> {
     jwk.common.key_algorithm.and_then(|alg| alg.to_string().parse().ok())
 }

@@ -72,6 +72,8 @@ pub enum KeyChange {
 #[derive(Debug, Clone)]
 pub struct KeySet {
     signing: Arc<SigningKey>,
+    /// When the signing key started signing, for the key-age metric.
+    signing_since: Option<SystemTime>,
     pending: Option<Pending>,
     retired: Vec<Retired>,
 }
@@ -80,7 +82,13 @@ impl KeySet {
     /// Starts with `key` signing at once: no relying party has cached a JWKS
     /// of this issuer yet, so there is nothing to wait for.
     pub fn new(key: SigningKey) -> Self {
-        Self { signing: Arc::new(key), pending: None, retired: Vec::new() }
+        Self { signing: Arc::new(key), signing_since: Some(SystemTime::now()), pending: None, retired: Vec::new() }
+    }
+
+    /// When the signing key started signing, if known: a history written
+    /// before this was recorded does not say.
+    pub fn signing_since(&self) -> Option<SystemTime> {
+        self.signing_since
     }
 
     /// Returns the key that signs new tokens now.
@@ -141,6 +149,7 @@ impl KeySet {
             && let Some(pending) = self.pending.take()
         {
             let previous = std::mem::replace(&mut self.signing, pending.key);
+            self.signing_since = Some(pending.signs_from);
             let unpublish_at = retirement_deadline(&previous, now, policy);
             changes.push(KeyChange::Activated {
                 kid: self.signing.kid().to_string(),
@@ -170,6 +179,7 @@ impl KeySet {
         PersistedKeys {
             version: PERSISTED_VERSION,
             signing_key_pem: self.signing.private_pem().to_string(),
+            signing_since: self.signing_since.map(unix_seconds),
             pending: self.pending.as_ref().map(|p| PersistedPending {
                 private_key_pem: p.key.private_pem().to_string(),
                 signs_from: unix_seconds(p.signs_from),
@@ -200,7 +210,8 @@ impl KeySet {
             .iter()
             .map(|r| Retired { jwk: r.jwk.clone(), unpublish_at: from_unix_seconds(r.unpublish_at) })
             .collect();
-        Ok(Self { signing: Arc::new(signing), pending, retired })
+        let signing_since = persisted.signing_since.map(from_unix_seconds);
+        Ok(Self { signing: Arc::new(signing), signing_since, pending, retired })
     }
 }
 
@@ -229,6 +240,9 @@ pub enum RestoreError {
 pub struct PersistedKeys {
     pub version: u32,
     pub signing_key_pem: String,
+    /// Unix seconds at which the signing key started signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_since: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PersistedPending>,
     #[serde(default)]

@@ -229,27 +229,13 @@ impl KeyManager {
             return Ok(());
         }
         for change in &changes {
-            log_change(change);
+            change.log();
         }
         self.files.write_history(&self.set)?;
         let published = PublishedKeys::from_key_set(&self.set);
         self.metrics.published_keys.set(published.key_count() as i64);
         self.store.store(published);
         Ok(())
-    }
-}
-
-fn log_change(change: &KeyChange) {
-    match change {
-        KeyChange::Published { kid, signs_from } => {
-            let wait = signs_from.duration_since(SystemTime::now()).unwrap_or_default().as_secs();
-            tracing::info!(%kid, signs_in_seconds = wait, "New signing key published; it signs after the publication delay");
-        }
-        KeyChange::Withdrawn { kid } => tracing::info!(%kid, "Pending signing key withdrawn before it signed"),
-        KeyChange::Activated { kid, previous } => {
-            tracing::info!(%kid, %previous, "Signing key rotated; the previous key stays published until its tokens expire")
-        }
-        KeyChange::Unpublished { kid } => tracing::info!(%kid, "Retired signing key removed from the JWKS"),
     }
 }
 

@@ -143,19 +143,8 @@ impl Standalone {
 
 /// Settings for rendering, from the configuration and the published keys.
 pub fn issuer_settings(config: &Config, keys: &KeyStore) -> Result<IssuerSettings, StandaloneError> {
-    let ca_pem = match &config.issuer_ca_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path).map_err(|source| StandaloneError::IssuerCa { path: path.clone(), source })?,
-        ),
-        None => None,
-    };
-    Ok(IssuerSettings {
-        issuer: config.issuer.clone(),
-        client_id: config.client_id.clone(),
-        algorithms: keys.load().algorithms().to_vec(),
-        ca_file: config.issuer_ca_file.as_ref().map(|p| p.display().to_string()),
-        ca_pem,
-    })
+    IssuerSettings::from_config(config, keys.load().algorithms().to_vec())
+        .map_err(|err| StandaloneError::IssuerCa { path: err.path, source: err.source })
 }
 
 async fn watch_clusters(

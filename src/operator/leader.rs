@@ -1,0 +1,62 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease.
+//!
+//! Every replica serves the issuer; only the holder of the Lease writes
+//! status, ConfigMaps and the key history. kube-lease-manager holds and
+//! renews the Lease with server-side apply, so two replicas can never both
+//! believe they hold it.
+
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How the Lease is held.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    pub name: String,
+    pub namespace: String,
+    /// Unique per replica: the pod name in a cluster.
+    pub identity: String,
+    /// How long a Lease stays valid without renewal; a standby replica
+    /// takes over at most this long after the leader stopped renewing.
+    pub duration: Duration,
+}
+
+/// A running election: `leader` says whether this replica holds the Lease.
+pub struct Election {
+    pub leader: watch::Receiver<bool>,
+    task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
+}
+
+impl Election {
+    /// Starts competing for the Lease, creating it when it does not exist.
+    pub async fn start(client: Client, settings: &LeaseSettings) -> kube_lease_manager::Result<Self> {
+        let duration = settings.duration.as_secs().max(2);
+        let manager = LeaseManagerBuilder::new(client, &settings.name)
+            .with_namespace(&settings.namespace)
+            .with_identity(&settings.identity)
+            .with_duration(duration)
+            // Renew a third of the duration before expiry, so one slow
+            // request does not lose the Lease.
+            .with_grace((duration / 3).max(1))
+            .with_field_manager(format!("monoskope-{}", settings.identity))
+            .build()
+            .await?;
+        let (leader, task) = manager.watch().await;
+        Ok(Self { leader, task })
+    }
+
+    /// Stops competing and releases the Lease if this replica holds it, so
+    /// a standby takes over without waiting for the Lease to expire.
+    pub async fn release(self) {
+        let Self { leader, task } = self;
+        drop(leader);
+        match task.await {
+            Ok(Ok(_)) => tracing::info!("Leader lease released"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "Failed to release the leader lease; it expires by itself"),
+            Err(err) => tracing::warn!(error = %err, "Leader election task failed"),
+        }
+    }
+}
