@@ -47,6 +47,13 @@ pub struct Config {
     #[serde(default, rename = "issuerCAFile", skip_serializing_if = "Option::is_none")]
     pub issuer_ca_file: Option<PathBuf>,
 
+    /// Where kube-apiserver hosts keep the issuer's CA, for the rendered
+    /// `--oidc-ca-file` flag. Defaults to `issuerCAFile`, which is right
+    /// when kube-apiserver runs on the same host (the local dev cluster);
+    /// the operator reads the CA inside its pod, so set it there.
+    #[serde(default, rename = "apiServerCAFile", skip_serializing_if = "Option::is_none")]
+    pub api_server_ca_file: Option<String>,
+
     #[serde(default = "default_signing_key_dir")]
     pub signing_key_dir: PathBuf,
 
@@ -151,6 +158,7 @@ impl Config {
             listen: default_listen(),
             tls: None,
             issuer_ca_file: None,
+            api_server_ca_file: None,
             signing_key_dir: default_signing_key_dir(),
             clusters_dir: default_clusters_dir(),
             state_dir: default_state_dir(),

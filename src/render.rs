@@ -59,7 +59,10 @@ impl IssuerSettings {
             issuer: config.issuer.clone(),
             client_id: config.client_id.clone(),
             algorithms,
-            ca_file: config.issuer_ca_file.as_ref().map(|p| p.display().to_string()),
+            ca_file: config
+                .api_server_ca_file
+                .clone()
+                .or_else(|| config.issuer_ca_file.as_ref().map(|p| p.display().to_string())),
             ca_pem,
         })
     }

@@ -750,7 +750,7 @@ fn notes_settings() -> IssuerSettings {
         issuer: ISSUER.into(),
         client_id: "k8sauth".into(),
         algorithms: vec![Algorithm::RS256],
-        ca_file: Some("/etc/kubernetes/monoskope-ca.crt".into()),
+        ca_file: Some("/etc/kubernetes/pki/monoskope-ca.crt".into()),
         ca_pem: Some("<the contents of monoskope-ca.crt>\n".into()),
     }
 }
