@@ -283,6 +283,11 @@ impl Operator {
         format!("{}{path}", self.issuer)
     }
 
+    /// Process id of the running operator.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the operator runs").id()
+    }
+
     pub fn client(&self) -> reqwest::blocking::Client {
         https_client(&self.ca_file)
     }
