@@ -42,9 +42,9 @@ fn ready_count(env: &OperatorEnv) -> usize {
         .unwrap()
         .iter()
         .filter(|item| {
-            item["status"]["conditions"].as_array().is_some_and(|conditions| {
-                conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
+            item["status"]["conditions"]
+                .as_array()
+                .is_some_and(|conditions| conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
         })
         .count()
 }
@@ -78,11 +78,16 @@ fn reconcile_thousand_clusters() {
     std::thread::sleep(Duration::from_secs(3));
     let loaded_mib = resident_mib(&op);
     let reconciles = op.metrics();
-    let ok = reconciles.lines().find(|l| l.starts_with("monoskope_cluster_reconciles_total{result=\"ok\"}")).unwrap_or("");
+    let ok =
+        reconciles.lines().find(|l| l.starts_with("monoskope_cluster_reconciles_total{result=\"ok\"}")).unwrap_or("");
 
     println!("resources:                 {COUNT}");
     println!("kubectl create (baseline): {:.2} s", created.as_secs_f64());
-    println!("created to all Ready:      {:.2} s ({:.2} x the baseline)", all_ready.as_secs_f64(), all_ready.as_secs_f64() / created.as_secs_f64());
+    println!(
+        "created to all Ready:      {:.2} s ({:.2} x the baseline)",
+        all_ready.as_secs_f64(),
+        all_ready.as_secs_f64() / created.as_secs_f64()
+    );
     println!("resident, no resources:    {idle_mib:.1} MiB");
     println!("resident, {COUNT} resources: {loaded_mib:.1} MiB ({:.2} x idle)", loaded_mib / idle_mib);
     println!("reconciles:                {ok}");

@@ -1,9 +1,9 @@
 //! Service-account callers of `/token`: CI and GitOps jobs that present a
 //! Kubernetes service-account token instead of a session token.
 //!
-//! The issuer cannot check such a token itself: only the API server that
-//! issued it knows whether it is still valid (bound tokens die with their
-//! pod). The operator implements [`ServiceAccountReviewer`] with a
+//! The issuer cannot check such a token itself, because only the API server
+//! that issued it can tell whether it is still valid (a bound token expires
+//! with its pod). The operator implements [`ServiceAccountReviewer`] with a
 //! TokenReview; the standalone mode has none, and rejects these tokens.
 
 use std::future::Future;
@@ -17,7 +17,7 @@ pub struct ServiceAccount {
 }
 
 impl ServiceAccount {
-    /// The Kubernetes user name: `system:serviceaccount:NS:NAME`.
+    /// Returns the Kubernetes user name: `system:serviceaccount:NS:NAME`.
     pub fn username(&self) -> String {
         format!("system:serviceaccount:{}:{}", self.namespace, self.name)
     }
@@ -34,7 +34,7 @@ impl ServiceAccount {
     }
 }
 
-/// Why a service-account token was not accepted.
+/// Reason a service-account token was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReviewError {
     /// The API server rejected the token; the text is its reason.

@@ -1,5 +1,5 @@
 //! Feeds the issuer's cluster registry from a watch of `MonoskopeCluster`
-//! resources. Every replica runs it, so every replica answers token
+//! resources. Every replica runs it, so every replica serves token
 //! requests from its own cache.
 //!
 //! A change to one resource can change the state of others that claim the
@@ -20,8 +20,8 @@ use crate::metrics::Metrics;
 use crate::registry::{Cluster, Registry};
 use crate::resource::MonoskopeCluster;
 
-/// Where the feed sends resources whose state may have changed; set while
-/// this replica leads and runs the controller.
+/// Channel to the controller for resources whose state may have changed.
+/// It is set only while this replica leads and runs the controller.
 pub type Triggers = Arc<Mutex<Option<mpsc::UnboundedSender<ObjectRef<MonoskopeCluster>>>>>;
 
 /// Keeps `registry` equal to the valid resources the API server holds.

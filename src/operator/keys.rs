@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::render::IssuerSettings;
 
-/// Key of the history Secret's data that holds the persisted key set.
+/// Key of the history Secret's data that contains the persisted key set.
 pub const HISTORY_KEY: &str = "keys.json";
 
 /// How often deadlines and metrics are checked without a watch event.
@@ -47,7 +47,7 @@ const TICK: Duration = Duration::from_secs(30);
 /// How often the operator retries while waiting for the first key.
 const STARTUP_RETRY: Duration = Duration::from_secs(5);
 
-/// Why the source Secret gave no usable key.
+/// Reason the source Secret gave no usable key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceProblem {
     #[error("Certificate {0} does not exist; create it, or set signingCertificate in the configuration")]
@@ -110,7 +110,7 @@ pub struct KeySource {
     observed: Observed,
     set: KeySet,
     store: Arc<KeyStore>,
-    /// What the API server's history Secret holds, as last read or written.
+    /// Content of the API server's history Secret, as last read or written.
     written: Option<PersistedKeys>,
     problem: Option<SourceProblem>,
     certificate_not_ready: Option<String>,
@@ -508,7 +508,7 @@ fn source_problem(settings: &KeySourceSettings, observed: &Observed) -> Option<S
     source_key(settings, observed).err()
 }
 
-/// The key in the source Secret, checked against its certificate.
+/// Reads the key in the source Secret and checks it against its certificate.
 fn source_key(settings: &KeySourceSettings, observed: &Observed) -> Result<SigningKey, SourceProblem> {
     let certificate_name = &settings.certificate.name;
     let certificate =
@@ -533,7 +533,7 @@ fn secret_name_of(certificate: &DynamicObject) -> Option<String> {
     certificate.data["spec"]["secretName"].as_str().filter(|s| !s.is_empty()).map(str::to_string)
 }
 
-/// The message of a Certificate's `Ready` condition when it is not `True`.
+/// Returns the message of a Certificate's `Ready` condition when it is not `True`.
 fn certificate_not_ready(certificate: &DynamicObject) -> Option<String> {
     let conditions = certificate.data["status"]["conditions"].as_array()?;
     let ready = conditions.iter().find(|c| c["type"] == "Ready")?;

@@ -12,7 +12,7 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// How the Lease is held.
+/// Settings of the Lease.
 #[derive(Debug, Clone)]
 pub struct LeaseSettings {
     pub name: String,
@@ -24,7 +24,7 @@ pub struct LeaseSettings {
     pub duration: Duration,
 }
 
-/// A running election: `leader` says whether this replica holds the Lease.
+/// A running election: `leader` is true while this replica holds the Lease.
 pub struct Election {
     pub leader: watch::Receiver<bool>,
     task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,

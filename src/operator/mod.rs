@@ -9,7 +9,7 @@
 //!                  KeySource ──► history Secret (the published key set)
 //! ```
 //!
-//! Every replica answers token requests from its own watch caches, so the
+//! Every replica serves token requests from its own watch caches, so the
 //! issuer keeps serving while leadership moves.
 
 mod clusters;

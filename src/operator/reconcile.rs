@@ -1,10 +1,10 @@
 //! The `MonoskopeCluster` controller: status conditions, the generated
 //! ConfigMap and Events.
 //!
-//! A reconcile first decides, without any request, what the resource's state
-//! is ([`evaluate`]), then writes only what differs from what the API server
-//! already holds: a reconcile that changes nothing sends no write, so a
-//! status update never triggers another reconcile that writes again.
+//! A reconcile first decides the resource's state without any request
+//! ([`evaluate`]). It then writes only what differs from what the API server
+//! already has. A reconcile that changes nothing sends no write, so a status
+//! update never triggers another reconcile that writes again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -54,7 +54,7 @@ pub enum ReconcileError {
     Status { name: String, source: kube::Error },
 }
 
-/// What a reconcile found, before any write.
+/// Outcome of a reconcile's checks, before any write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Evaluation {
     /// Valid, and owner of its cluster name.
@@ -283,7 +283,7 @@ pub fn config_map_name(resource_name: &str) -> String {
     format!("{resource_name}-monoskope")
 }
 
-/// The ConfigMap with every rendering for the target cluster.
+/// Builds the ConfigMap with every rendering for the target cluster.
 pub fn desired_config_map(resource: &MonoskopeCluster, namespace: &str, rendered: &Rendered) -> ConfigMap {
     let mut flags = rendered.api_server_flags.join("\n");
     flags.push('\n');
@@ -302,7 +302,7 @@ pub fn desired_config_map(resource: &MonoskopeCluster, namespace: &str, rendered
     config_map
 }
 
-/// Writes the ConfigMap unless the API server already holds the same.
+/// Writes the ConfigMap unless the API server already has the same content.
 async fn ensure_config_map(
     client: &Client,
     resource: &MonoskopeCluster,

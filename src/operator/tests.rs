@@ -1,5 +1,5 @@
 //! Reconcile logic against kube-rs's mock API service: each test lists the
-//! exact requests a reconcile must send, answers them, and fails on any
+//! exact requests a reconcile must send, replies to them, and fails on any
 //! request it did not expect.
 
 use std::sync::Arc;
@@ -74,7 +74,7 @@ impl Received {
         self.respond.send_response(response.unwrap());
     }
 
-    /// Answers a write with the object it sent, as the API server does.
+    /// Replies to a write with the object it sent, as the API server does.
     /// A status patch carries only the status, so the reply to one is the
     /// whole `MonoskopeCluster` with that status.
     fn echo(self) {
@@ -126,7 +126,7 @@ fn ready_condition(status: &Value) -> &Value {
     &conditions[0]
 }
 
-/// Answers the requests of a first reconcile of a valid resource and returns
+/// Replies to the requests of a first reconcile of a valid resource and returns
 /// the ConfigMap and status it wrote.
 async fn serve_first_reconcile(handle: &mut ApiHandle) -> (Value, Value) {
     let get = next(handle).await;
@@ -135,7 +135,8 @@ async fn serve_first_reconcile(handle: &mut ApiHandle) -> (Value, Value) {
 
     let apply = next(handle).await;
     assert_eq!((apply.method.clone(), apply.path.as_str()), (Method::PATCH, CM_PATH));
-    assert!(apply.query.contains("fieldManager=monoskope") && apply.query.contains("force=true"), "{}", apply.query);
+    assert!(apply.query.contains("fieldManager=monoskope"), "{}", apply.query);
+    assert!(apply.query.contains("force=true"), "{}", apply.query);
     let config_map = apply.body.clone();
     apply.echo();
 
@@ -178,7 +179,8 @@ async fn create_writes_config_map_then_status_then_event() {
     assert!(authentication.contains("kind: AuthenticationConfiguration"), "{authentication}");
     assert!(config_map["data"]["gardener-oidc.yaml"].as_str().unwrap().contains("issuerURL"));
     let rbac = config_map["data"]["rbac.yaml"].as_str().unwrap();
-    assert!(rbac.contains("name: view") && rbac.contains("m8:default"), "{rbac}");
+    assert!(rbac.contains("name: view"), "{rbac}");
+    assert!(rbac.contains("m8:default"), "{rbac}");
 
     let condition = ready_condition(&status);
     assert_eq!(condition["status"], "True");
@@ -251,7 +253,7 @@ async fn spec_update_rewrites_config_map_and_status() {
 }
 
 #[tokio::test]
-async fn newer_resource_with_taken_name_reports_conflict_until_the_older_goes() {
+async fn name_conflict_until_older_deleted() {
     let registry = Arc::new(Registry::new());
     let older = cluster("prod", "shared", "2026-01-01T00:00:00Z", 1);
     let newer = cluster("dev", "shared", "2026-02-01T00:00:00Z", 1);
@@ -267,7 +269,8 @@ async fn newer_resource_with_taken_name_reports_conflict_until_the_older_goes() 
     assert_eq!(condition["status"], "False");
     assert_eq!(condition["reason"], "ClusterNameConflict");
     let message = condition["message"].as_str().unwrap();
-    assert!(message.contains("\"shared\"") && message.contains("teams/prod"), "{message}");
+    assert!(message.contains("\"shared\""), "{message}");
+    assert!(message.contains("teams/prod"), "{message}");
     assert_eq!(status.body["status"]["apiServerFlags"], Value::Null, "a conflicting resource gets no flags");
     let written = status.body.clone();
     status.echo();
@@ -280,8 +283,8 @@ async fn newer_resource_with_taken_name_reports_conflict_until_the_older_goes() 
     expect_no_more(&mut handle).await;
     task.await.unwrap().unwrap();
 
-    // The older resource is deleted: the feed removes it and asks for the
-    // newer one to be reconciled, which now gets the name.
+    // The older resource is deleted: the feed removes it and requests a
+    // reconcile of the newer one, which now gets the name.
     let (sender, mut triggered) = mpsc::unbounded_channel();
     let feed = ClusterFeed {
         registry: registry.clone(),
@@ -309,7 +312,7 @@ async fn newer_resource_with_taken_name_reports_conflict_until_the_older_goes() 
 }
 
 #[tokio::test]
-async fn invalid_spec_reports_the_field_and_writes_no_config_map() {
+async fn invalid_spec_writes_no_config_map() {
     let registry = Arc::new(Registry::new());
     let mut resource = cluster("dev", "dev-cluster", "2026-01-01T00:00:00Z", 1);
     resource.spec.ca_bundle =
@@ -374,7 +377,7 @@ async fn resource_unknown_to_the_registry_waits_without_writing() {
 }
 
 #[test]
-fn feed_registers_valid_resources_and_drops_deleted_and_invalid_ones() {
+fn feed_keeps_only_valid_resources() {
     let registry = Arc::new(Registry::new());
     let (synced, synced_rx) = watch::channel(false);
     let feed = ClusterFeed {

@@ -2,9 +2,9 @@
 //! `/token` endpoint.
 //!
 //! The review names the audience the token must carry
-//! (`serviceAccountAudience`), so a token minted for another service, or
-//! the default token of a pod (audience: the API server), is refused: a
-//! job has to request a token for Monoskope on purpose.
+//! (`serviceAccountAudience`). A token minted for another service, or the
+//! default token of a pod (audience: the API server), is rejected, so a job
+//! has to request a token for Monoskope on purpose.
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;

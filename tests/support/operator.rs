@@ -197,7 +197,7 @@ impl OperatorEnv {
         operator
     }
 
-    /// The value at `jsonpath` of an object, read with kubectl.
+    /// Reads the value at `jsonpath` of an object with kubectl.
     pub fn jsonpath(&self, namespace: &str, object: &str, path: &str) -> String {
         let output = self.api.kubectl(["-n", namespace, "get", object, "-o", &format!("jsonpath={path}")]);
         String::from_utf8_lossy(&output.stdout).into_owned()
@@ -352,7 +352,7 @@ pub fn service_account_token(api: &KubeApiServer, namespace: &str, name: &str, a
     token.trim().to_string()
 }
 
-/// A `MonoskopeCluster` manifest whose `default` role admits `subjects`.
+/// Builds a `MonoskopeCluster` manifest whose `default` role admits `subjects`.
 pub fn cluster_manifest(namespace: &str, name: &str, cluster_name: &str, subjects: &str) -> String {
     let ca = include_str!("../../examples/ca/example-ca.crt");
     let ca = ca.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
