@@ -440,6 +440,7 @@ fn config_file_defaults() {
     assert_eq!(tls.cert_file, PathBuf::from("/var/run/monoskope/tls/tls.crt"));
     assert_eq!(tls.key_file, PathBuf::from("/var/run/monoskope/tls/tls.key"));
     assert_eq!(config.issuer_ca_file, Some(PathBuf::from("/var/run/monoskope/tls/ca.crt")));
+    assert_eq!(config.api_server_ca_file.as_deref(), Some("/etc/kubernetes/pki/monoskope-ca.crt"));
     assert_eq!(config.client_id, "k8sauth");
     assert_eq!(config.session_lifetime.as_secs(), 12 * 3600);
     assert_eq!(config.jwks_max_age.as_secs(), 300);

@@ -2,8 +2,13 @@
 //!
 //! Every replica serves the issuer; only the holder of the Lease writes
 //! status, ConfigMaps and the key history. kube-lease-manager holds and
-//! renews the Lease with server-side apply, so two replicas can never both
-//! believe they hold it.
+//! renews the Lease with server-side apply, so two replicas never acquire
+//! it at once.
+//!
+//! NOTE: when renewals fail with API errors, kube-lease-manager 0.13 logs
+//! and retries but does not report the loss, so a leader cut off from the
+//! API server may keep reconciling after its Lease expired. Its writes then
+//! fail or are repeated by the new leader; both write the same content.
 
 use std::time::Duration;
 
@@ -48,8 +53,11 @@ impl Election {
         Ok(Self { leader, task })
     }
 
-    /// Stops competing and releases the Lease if this replica holds it, so
-    /// a standby takes over without waiting for the Lease to expire.
+    /// Stops competing and releases the Lease if this replica holds it.
+    ///
+    /// NOTE: a standby of kube-lease-manager 0.13 re-reads the Lease only
+    /// when the expiry it last saw has passed, so the release shortens a
+    /// takeover only a little; it stays within the lease duration.
     pub async fn release(self) {
         let Self { leader, task } = self;
         drop(leader);
