@@ -6,6 +6,7 @@
 //! same cluster name (the older one keeps it), so after each change the feed
 //! asks the controller, when this replica leads, to reconcile those too.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
@@ -31,6 +32,8 @@ pub struct ClusterFeed {
     pub triggers: Triggers,
     /// Set to true once the first complete list has been applied.
     pub synced: watch::Sender<bool>,
+    /// Sources of the resources that failed validation.
+    pub invalid: Mutex<HashSet<String>>,
 }
 
 impl ClusterFeed {
@@ -56,13 +59,22 @@ impl ClusterFeed {
             Event::Init => initial.clear(),
             Event::InitApply(resource) => initial.push(resource),
             Event::InitDone => {
+                let mut invalid = self.invalid();
+                invalid.clear();
                 let clusters = std::mem::take(initial)
                     .into_iter()
                     .filter_map(|resource| {
                         let source = source_key(&resource);
-                        Cluster::from_resource(resource).ok().map(|cluster| (source, cluster))
+                        match Cluster::from_resource(resource) {
+                            Ok(cluster) => Some((source, cluster)),
+                            Err(_) => {
+                                invalid.insert(source);
+                                None
+                            }
+                        }
                     })
                     .collect();
+                drop(invalid);
                 self.registry.replace_all(clusters);
                 self.synced.send_replace(true);
                 tracing::info!(clusters = self.registry.len(), "MonoskopeClusters loaded");
@@ -71,9 +83,13 @@ impl ClusterFeed {
                 let source = source_key(&resource);
                 let name = resource.cluster_name().to_string();
                 match Cluster::from_resource(resource) {
-                    Ok(cluster) => self.registry.upsert(&source, cluster),
+                    Ok(cluster) => {
+                        self.invalid().remove(&source);
+                        self.registry.upsert(&source, cluster);
+                    }
                     // The controller reports why; an invalid resource issues no tokens.
                     Err(_) => {
+                        self.invalid().insert(source.clone());
                         self.registry.remove(&source);
                     }
                 }
@@ -81,11 +97,17 @@ impl ClusterFeed {
             }
             Event::Delete(resource) => {
                 let source = source_key(&resource);
+                self.invalid().remove(&source);
                 self.registry.remove(&source);
                 self.trigger_claimants(resource.cluster_name(), &source);
             }
         }
         self.metrics.clusters.set(self.registry.len() as i64);
+        self.metrics.invalid_clusters.set((self.invalid().len() + self.registry.conflicts().len()) as i64);
+    }
+
+    fn invalid(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.invalid.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Asks the controller to reconcile the other resources that claim

@@ -135,7 +135,13 @@ pub async fn run(
 
     let triggers: Triggers = Arc::new(Mutex::new(None));
     let (synced, mut synced_rx) = watch::channel(false);
-    let feed = ClusterFeed { registry: registry.clone(), metrics: metrics.clone(), triggers: triggers.clone(), synced };
+    let feed = ClusterFeed {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        triggers: triggers.clone(),
+        synced,
+        invalid: Default::default(),
+    };
     let feed_task = tokio::spawn(feed.run(clusters_api(&client, &options.watch_namespace)));
     let ready_state = state.clone();
     let ready_task = tokio::spawn(async move {

@@ -291,6 +291,7 @@ async fn name_conflict_until_older_deleted() {
         metrics: Arc::new(Metrics::new()),
         triggers: Arc::new(std::sync::Mutex::new(Some(sender))),
         synced: watch::channel(false).0,
+        invalid: Default::default(),
     };
     feed.apply_event(Event::Delete(older), &mut Vec::new());
     let trigger = triggered.try_recv().expect("the newer resource is reconciled again");
@@ -385,6 +386,7 @@ fn feed_keeps_only_valid_resources() {
         metrics: Arc::new(Metrics::new()),
         triggers: Arc::new(std::sync::Mutex::new(None)),
         synced,
+        invalid: Default::default(),
     };
     let dev = cluster("dev", "dev-cluster", "2026-01-01T00:00:00Z", 1);
     let prod = cluster("prod", "prod-cluster", "2026-01-01T00:00:00Z", 1);
@@ -400,6 +402,7 @@ fn feed_keeps_only_valid_resources() {
     broken.spec.ca_bundle = "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into();
     feed.apply_event(Event::Apply(broken), &mut initial);
     assert!(registry.get("dev-cluster").is_none(), "an invalid resource issues no tokens");
+    assert!(feed.metrics.encode().contains("monoskope_invalid_clusters 1\n"));
 
     feed.apply_event(Event::Delete(prod.clone()), &mut initial);
     assert!(registry.get("prod-cluster").is_none());
