@@ -170,35 +170,15 @@ impl TestServer {
             .stderr(log)
             .spawn()
             .expect("monoskope starts");
+        let mut child = child;
+        wait_until_ready(&mut child, &self.client(), &self.url("/readyz"), Duration::from_secs(20), || self.log());
         self.child = Some(child);
-
-        let client = self.client();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(response) = client.get(self.url("/readyz")).send()
-                && response.status().is_success()
-            {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("monoskope exited with {status}; log:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "monoskope not ready after 20s; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// Stops the process with SIGTERM and waits for it.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(child) = self.child.take() {
+            terminate(child);
         }
     }
 
@@ -289,6 +269,46 @@ fn decode_part(token: &str, index: usize) -> serde_json::Value {
     use base64::Engine;
     let part = token.split('.').nth(index).unwrap();
     serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+/// Polls `url` until it returns 2xx. Panics with `log()` when the process
+/// exits or is not ready within `timeout`, after stopping it.
+pub fn wait_until_ready(
+    child: &mut Child,
+    client: &reqwest::blocking::Client,
+    url: &str,
+    timeout: Duration,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(response) = client.get(url).send()
+            && response.status().is_success()
+        {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("monoskope exited with {status}; log:\n{}", log());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("monoskope not ready after {timeout:?}; log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops a process with SIGTERM, and with SIGKILL when it has not exited
+/// after 15 seconds.
+pub fn terminate(mut child: Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Polls `check` every 100 ms until it returns true or `timeout` passes.

@@ -16,7 +16,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::kube::KubeApiServer;
-use crate::support::{TlsMaterial, free_port, https_client, require_tool, write_tls};
+use crate::support::{TlsMaterial, free_port, https_client, require_tool, terminate, wait_until_ready, write_tls};
 
 pub const NAMESPACE: &str = "monoskope";
 pub const CERTIFICATE: &str = "m8-monoskope-tls-cert";
@@ -247,35 +247,16 @@ impl Operator {
             .stderr(log)
             .spawn()
             .expect("monoskope starts");
+        let mut child = child;
+        let client = https_client(&self.ca_file);
+        wait_until_ready(&mut child, &client, &self.url("/readyz"), Duration::from_secs(30), || self.log());
         self.child = Some(child);
-
-        let client = self.client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = client.get(self.url("/readyz")).send()
-                && response.status().is_success()
-            {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("monoskope run exited with {status}; log:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "monoskope run not ready after 30s; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// Stops the process with SIGTERM and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(child) = self.child.take() {
+            terminate(child);
         }
     }
 
