@@ -162,5 +162,7 @@ your --upstream-* flags), then run monoctl create kubeconfig again:
   kubectl --context local-cluster-default get namespaces
 The OIDC authenticator starts about 10 seconds after the API server. Each
 'up' creates a new CA, so rerun monoctl create kubeconfig after it.
+Admin access (for kubectl apply, or for monoskope run as KUBECONFIG):
+  $dir/admin.kubeconfig
 Stop with: $0 down
 EOF

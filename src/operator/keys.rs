@@ -533,10 +533,16 @@ fn secret_name_of(certificate: &DynamicObject) -> Option<String> {
     certificate.data["spec"]["secretName"].as_str().filter(|s| !s.is_empty()).map(str::to_string)
 }
 
-/// Returns the message of a Certificate's `Ready` condition when it is not `True`.
+/// Returns why a Certificate is not `Ready`: the condition's message, or
+/// that cert-manager has not set the condition at all.
 fn certificate_not_ready(certificate: &DynamicObject) -> Option<String> {
-    let conditions = certificate.data["status"]["conditions"].as_array()?;
-    let ready = conditions.iter().find(|c| c["type"] == "Ready")?;
+    let conditions = certificate.data["status"]["conditions"].as_array();
+    let Some(ready) = conditions.and_then(|c| c.iter().find(|c| c["type"] == "Ready")) else {
+        return Some(format!(
+            "Certificate {} has no Ready condition; check that cert-manager is running and can reach its issuer",
+            certificate.name_any()
+        ));
+    };
     if ready["status"] == "True" {
         return None;
     }
@@ -609,5 +615,39 @@ impl<K> Watched<K> {
             watcher::Event::InitDone => self.current = self.relist.take().flatten(),
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(status: Value) -> DynamicObject {
+        let mut object = DynamicObject::new(CERTIFICATE_NAME, &certificate_resource());
+        object.data = json!({"spec": {"secretName": "m8-monoskope-tls"}, "status": status});
+        object
+    }
+
+    const CERTIFICATE_NAME: &str = "m8-monoskope-tls-cert";
+
+    #[test]
+    fn certificate_readiness() {
+        let ready = certificate(json!({"conditions": [{"type": "Ready", "status": "True"}]}));
+        assert_eq!(certificate_not_ready(&ready), None);
+
+        let failed = certificate(
+            json!({"conditions": [{"type": "Ready", "status": "False", "reason": "Failed", "message": "issuer down"}]}),
+        );
+        let message = certificate_not_ready(&failed).unwrap();
+        assert!(message.contains("(Failed): issuer down"), "{message}");
+
+        let unprocessed = certificate(json!({}));
+        let message = certificate_not_ready(&unprocessed).unwrap();
+        assert!(message.contains("no Ready condition"), "{message}");
+    }
+
+    #[test]
+    fn secret_name_comes_from_the_spec() {
+        assert_eq!(secret_name_of(&certificate(json!({}))).as_deref(), Some("m8-monoskope-tls"));
     }
 }
