@@ -47,10 +47,10 @@ pub struct Config {
     #[serde(default, rename = "issuerCAFile", skip_serializing_if = "Option::is_none")]
     pub issuer_ca_file: Option<PathBuf>,
 
-    /// Where kube-apiserver hosts keep the issuer's CA, for the rendered
-    /// `--oidc-ca-file` flag. Defaults to `issuerCAFile`, which is right
-    /// when kube-apiserver runs on the same host (the local dev cluster);
-    /// the operator reads the CA inside its pod, so set it there.
+    /// Path of the issuer's CA on kube-apiserver hosts, for the rendered
+    /// `--oidc-ca-file` flag. Defaults to `issuerCAFile`, which is right when
+    /// kube-apiserver runs on the same host (the local dev cluster). The
+    /// operator reads the CA inside its pod, so set this key there.
     #[serde(default, rename = "apiServerCAFile", skip_serializing_if = "Option::is_none")]
     pub api_server_ca_file: Option<String>,
 

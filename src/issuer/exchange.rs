@@ -4,8 +4,9 @@
 //! The request names the cluster in `audience` and the role in `scope`; the
 //! caller must be among that role's subjects. The subject token is a
 //! session token of this issuer or, when the operator runs the issuer, a
-//! Kubernetes service-account token, told apart by its `iss` claim. Every rejection is an RFC 6749
-//! section 5.2 error with a description of what to change.
+//! Kubernetes service-account token, recognised by its `iss` claim. Every
+//! rejection is an RFC 6749 section 5.2 error with a description of what to
+//! change.
 
 use std::collections::HashMap;
 use std::sync::Arc;

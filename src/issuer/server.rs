@@ -40,6 +40,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// Returns the listen address and TLS files named by `config`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let tls =
+            config.tls.as_ref().map(|t| TlsFiles { cert_file: t.cert_file.clone(), key_file: t.key_file.clone() });
+        Self { addr: config.listen, tls }
+    }
+
     /// Serves `app` until `shutdown` completes. `on_listening` receives the
     /// bound address (useful with port 0).
     pub async fn run(

@@ -85,8 +85,8 @@ impl KeySet {
         Self { signing: Arc::new(key), signing_since: Some(SystemTime::now()), pending: None, retired: Vec::new() }
     }
 
-    /// When the signing key started signing, if known: a history written
-    /// before this was recorded does not say.
+    /// Returns when the signing key started signing. A history written
+    /// before this time was recorded returns `None`.
     pub fn signing_since(&self) -> Option<SystemTime> {
         self.signing_since
     }

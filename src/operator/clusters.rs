@@ -4,7 +4,7 @@
 //!
 //! A change to one resource can change the state of others that claim the
 //! same cluster name (the older one keeps it), so after each change the feed
-//! asks the controller, when this replica leads, to reconcile those too.
+//! sends those to the controller for a reconcile, when this replica leads.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -110,7 +110,7 @@ impl ClusterFeed {
         self.invalid.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Asks the controller to reconcile the other resources that claim
+    /// Requests a reconcile of the other resources that claim
     /// `cluster_name`: one of them may have gained or lost it.
     fn trigger_claimants(&self, cluster_name: &str, changed: &str) {
         let triggers = self.triggers.lock().unwrap_or_else(|p| p.into_inner());

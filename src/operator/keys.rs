@@ -90,16 +90,11 @@ pub struct KeySourceSettings {
 /// The objects the key source last saw.
 #[derive(Default)]
 struct Observed {
-    certificate: Option<DynamicObject>,
-    source_secret: Option<Secret>,
-    history: Option<PersistedKeys>,
-}
-
-/// The watches' view of the same objects.
-struct Watches {
     certificate: Watched<DynamicObject>,
     source_secret: Watched<Secret>,
-    history: Watched<Secret>,
+    history_secret: Watched<Secret>,
+    /// The key set recorded in `history_secret`, parsed once per change.
+    history: Option<PersistedKeys>,
 }
 
 /// Keeps the published keys in step with the cert-manager Secret.
@@ -154,7 +149,7 @@ impl KeySource {
             match initial_set(&certificates, &secrets, &settings).await {
                 Ok((Some(set), observed)) => break (set, observed),
                 Ok((None, observed)) => {
-                    let problem = source_problem(&settings, &observed).map(|p| p.to_string()).unwrap_or_default();
+                    let problem = source_key(&settings, &observed).err().map(|p| p.to_string()).unwrap_or_default();
                     tracing::warn!(problem = %problem, "Waiting for a signing key");
                 }
                 Err(err) => {
@@ -200,20 +195,15 @@ impl KeySource {
         let mut history = field_watch(self.secrets.clone(), &self.settings.history_secret).map(Input::History).boxed();
         let mut secret_name = self.secret_name();
         let mut source_secret = self.source_secret_watch(secret_name.as_deref());
-        let mut watches = Watches {
-            certificate: Watched::new(self.observed.certificate.clone()),
-            source_secret: Watched::new(self.observed.source_secret.clone()),
-            history: Watched::new(None),
-        };
         tracing::info!(certificate = %self.settings.certificate.name, %namespace, signing_kid = %self.set.signing().kid(), "Following the signing certificate");
 
         loop {
             let deadline = self.set.next_deadline().map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
             let sleep = tokio::time::sleep(deadline.unwrap_or(TICK).min(TICK));
             let changed = tokio::select! {
-                Some(input) = certificates.next() => self.observe(&mut watches, input),
-                Some(input) = history.next() => self.observe(&mut watches, input),
-                Some(input) = source_secret.next() => self.observe(&mut watches, input),
+                Some(input) = certificates.next() => self.observe(input),
+                Some(input) = history.next() => self.observe(input),
+                Some(input) = source_secret.next() => self.observe(input),
                 Ok(()) = leader.changed() => true,
                 _ = sleep => true,
             };
@@ -223,8 +213,7 @@ impl KeySource {
 
             if self.secret_name() != secret_name {
                 secret_name = self.secret_name();
-                self.observed.source_secret = None;
-                watches.source_secret = Watched::new(None);
+                self.observed.source_secret = Watched::default();
                 source_secret = self.source_secret_watch(secret_name.as_deref());
             }
             let is_leader = *leader.borrow_and_update();
@@ -240,30 +229,19 @@ impl KeySource {
     }
 
     fn secret_name(&self) -> Option<String> {
-        self.observed.certificate.as_ref().and_then(secret_name_of)
+        self.observed.certificate.current.as_ref().and_then(secret_name_of)
     }
 
     /// Takes one watch event; returns true when an object changed.
-    fn observe(&mut self, watches: &mut Watches, input: Input) -> bool {
+    fn observe(&mut self, input: Input) -> bool {
+        let observed = &mut self.observed;
         match input {
-            Input::Certificate(event) => {
-                let changed = watches.certificate.apply(event);
-                if changed {
-                    self.observed.certificate = watches.certificate.current.clone();
-                }
-                changed
-            }
-            Input::SourceSecret(event) => {
-                let changed = watches.source_secret.apply(event);
-                if changed {
-                    self.observed.source_secret = watches.source_secret.current.clone();
-                }
-                changed
-            }
+            Input::Certificate(event) => observed.certificate.apply(event),
+            Input::SourceSecret(event) => observed.source_secret.apply(event),
             Input::History(event) => {
-                let changed = watches.history.apply(event);
+                let changed = observed.history_secret.apply(event);
                 if changed {
-                    self.observed.history = watches.history.current.as_ref().and_then(parse_history);
+                    observed.history = observed.history_secret.current.as_ref().and_then(parse_history);
                 }
                 changed
             }
@@ -377,7 +355,7 @@ impl KeySource {
     /// Reports a Certificate whose `Ready` condition is not `True`, once per
     /// message.
     async fn report_certificate_state(&mut self) {
-        let not_ready = self.observed.certificate.as_ref().and_then(certificate_not_ready);
+        let not_ready = self.observed.certificate.current.as_ref().and_then(certificate_not_ready);
         if not_ready == self.certificate_not_ready {
             return;
         }
@@ -426,7 +404,7 @@ impl KeySource {
     }
 
     fn certificate_reference(&self) -> Option<ObjectReference> {
-        let certificate = self.observed.certificate.as_ref()?;
+        let certificate = self.observed.certificate.current.as_ref()?;
         Some(ObjectReference {
             api_version: Some("cert-manager.io/v1".into()),
             kind: Some("Certificate".into()),
@@ -457,7 +435,7 @@ impl KeySource {
             let age = SystemTime::now().duration_since(since).unwrap_or_default();
             self.metrics.signing_key_age.set(age.as_secs() as i64);
         }
-        let status = self.observed.certificate.as_ref().map(|c| &c.data["status"]);
+        let status = self.observed.certificate.current.as_ref().map(|c| &c.data["status"]);
         if let Some(not_after) = status.and_then(|s| timestamp(&s["notAfter"])) {
             self.metrics.certificate_not_after.set(not_after);
         }
@@ -476,16 +454,17 @@ async fn initial_set(
 ) -> Result<(Option<KeySet>, Observed), KeySourceError> {
     let api_error = |what: String| move |source| KeySourceError::Api { what, source };
     let certificate_name = &settings.certificate.name;
-    let mut observed = Observed {
-        certificate: certificates
-            .get_opt(certificate_name)
-            .await
-            .map_err(api_error(format!("Certificate {certificate_name}")))?,
-        ..Observed::default()
-    };
-    if let Some(name) = observed.certificate.as_ref().and_then(secret_name_of) {
-        observed.source_secret = secrets.get_opt(&name).await.map_err(api_error(format!("Secret {name}")))?;
+    let certificate =
+        certificates.get_opt(certificate_name).await.map_err(api_error(format!("Certificate {certificate_name}")))?;
+    let mut observed = Observed { certificate: Watched::new(certificate), ..Observed::default() };
+
+    if let Some(name) = observed.certificate.current.as_ref().and_then(secret_name_of) {
+        let secret = secrets.get_opt(&name).await.map_err(api_error(format!("Secret {name}")))?;
+        observed.source_secret = Watched::new(secret);
     }
+
+    // The history Secret's watch starts from nothing and delivers it again,
+    // so only its parsed content is kept here.
     let history_name = &settings.history_secret;
     let history = secrets.get_opt(history_name).await.map_err(api_error(format!("Secret {history_name}")))?;
     observed.history = history.as_ref().and_then(parse_history);
@@ -504,18 +483,15 @@ async fn initial_set(
     Ok((set, observed))
 }
 
-fn source_problem(settings: &KeySourceSettings, observed: &Observed) -> Option<SourceProblem> {
-    source_key(settings, observed).err()
-}
-
 /// Reads the key in the source Secret and checks it against its certificate.
 fn source_key(settings: &KeySourceSettings, observed: &Observed) -> Result<SigningKey, SourceProblem> {
     let certificate_name = &settings.certificate.name;
     let certificate =
-        observed.certificate.as_ref().ok_or_else(|| SourceProblem::NoCertificate(certificate_name.clone()))?;
+        observed.certificate.current.as_ref().ok_or_else(|| SourceProblem::NoCertificate(certificate_name.clone()))?;
     let secret_name =
         secret_name_of(certificate).ok_or_else(|| SourceProblem::NoSecretName(certificate_name.clone()))?;
-    let secret = observed.source_secret.as_ref().ok_or_else(|| SourceProblem::SecretMissing(secret_name.clone()))?;
+    let secret =
+        observed.source_secret.current.as_ref().ok_or_else(|| SourceProblem::SecretMissing(secret_name.clone()))?;
 
     let data: &BTreeMap<String, ByteString> = match &secret.data {
         Some(data) => data,
@@ -592,6 +568,12 @@ where
 struct Watched<K> {
     current: Option<K>,
     relist: Option<Option<K>>,
+}
+
+impl<K> Default for Watched<K> {
+    fn default() -> Self {
+        Self::new(None)
+    }
 }
 
 impl<K> Watched<K> {

@@ -7,9 +7,9 @@
 //!
 //! When renewals fail with API errors, kube-lease-manager 0.13 logs and
 //! retries but does not report the loss. So this module also reads the
-//! Lease itself while leading, and steps down when it cannot confirm,
-//! within one lease duration, that this replica still holds it: a leader
-//! cut off from the API server stops writing before a standby can take over.
+//! Lease itself while leading. It steps down when no read has confirmed the
+//! hold for one lease duration, so a leader cut off from the API server
+//! stops writing before a standby can take over.
 
 use std::time::{Duration, SystemTime};
 
@@ -63,8 +63,8 @@ impl Election {
     /// Stops competing and releases the Lease if this replica holds it.
     ///
     /// NOTE: a standby of kube-lease-manager 0.13 re-reads the Lease only
-    /// when the expiry it last saw has passed, so the release shortens a
-    /// takeover only a little; it stays within the lease duration.
+    /// when the expiry it last saw has passed. The release therefore
+    /// shortens a takeover only a little, which stays within the duration.
     pub async fn release(self) {
         let Self { leader, manager_leader, task, watchdog } = self;
         watchdog.abort();
@@ -137,9 +137,9 @@ fn held_until(lease: &Lease, identity: &str) -> Option<SystemTime> {
     Some(renewed + Duration::from_secs(duration))
 }
 
-/// Decides whether this replica may act as leader: kube-lease-manager says
-/// it acquired the Lease, and a read of the Lease confirmed that less than
-/// one lease duration ago.
+/// Decides whether this replica may act as leader: kube-lease-manager
+/// reports that it acquired the Lease, and a read of the Lease confirmed
+/// that less than one lease duration ago.
 fn still_leads(acquired: bool, confirmed: Option<SystemTime>, now: SystemTime, duration: Duration) -> bool {
     acquired && confirmed.is_some_and(|at| now.duration_since(at).unwrap_or_default() < duration)
 }

@@ -45,7 +45,7 @@ pub use reconcile::{
 pub use token_review::TokenReviewer;
 
 use crate::config::Config;
-use crate::issuer::{IssuerState, ServeError, Server, TlsFiles, router};
+use crate::issuer::{IssuerState, ServeError, Server, router};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::render::{IssuerCaError, IssuerSettings};
@@ -173,10 +173,7 @@ pub async fn run(
         identity = %options.lease.identity,
         "Operator started"
     );
-    let server = Server {
-        addr: config.listen,
-        tls: config.tls.as_ref().map(|t| TlsFiles { cert_file: t.cert_file.clone(), key_file: t.key_file.clone() }),
-    };
+    let server = Server::from_config(&config);
     let result = server.run(router(state), shutdown, on_listening).await.map_err(OperatorError::Serve);
 
     lead_task.abort();

@@ -25,7 +25,7 @@ pub use clusters::{DirectoryScan, apply as apply_scan, scan as scan_clusters};
 pub use keys::{HISTORY_FILE, KeyFiles, KeyManager, KeySourceError, current_key_set};
 
 use crate::config::Config;
-use crate::issuer::{IssuerState, ServeError, Server, TlsFiles, router};
+use crate::issuer::{IssuerState, ServeError, Server, router};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -129,10 +129,7 @@ impl Standalone {
         let clusters_task =
             tokio::spawn(watch_clusters(config.clusters_dir.clone(), state.clone(), problems, first_seen));
 
-        let server = Server {
-            addr: config.listen,
-            tls: config.tls.as_ref().map(|t| TlsFiles { cert_file: t.cert_file.clone(), key_file: t.key_file.clone() }),
-        };
+        let server = Server::from_config(&config);
         let result = server.run(router(state), shutdown, on_listening).await.map_err(StandaloneError::Serve);
 
         keys_task.abort();
